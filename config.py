@@ -1,0 +1,91 @@
+"""tripq's settings: one class, read from the environment and `.env`; nothing else reads either."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class Settings(BaseSettings):
+    """Every knob of the API, the workers and the CLI, with defaults that run on a laptop."""
+
+    model_config = SettingsConfigDict(
+        env_file=PROJECT_ROOT / ".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- Redis: one knob, with the older service's two Celery overrides honoured ---
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    redis_connect_timeout_s: PositiveFloat = 1.0
+    redis_socket_timeout_s: PositiveFloat = 2.0
+
+    # --- The queue and the wait ---
+    queue: str = "tasks.trip"
+    request_timeout_s: PositiveFloat = Field(
+        default=5.0, description="Deadline of a synchronous prediction; also its task's expiry."
+    )
+    result_ttl_s: PositiveInt = Field(
+        default=600, description="How long an unread task result stays in Redis."
+    )
+
+    # --- API ---
+    api_host: str = "127.0.0.1"
+    api_port: PositiveInt = 8182
+    api_workers: PositiveInt = 2
+    api_access_log: bool = False
+
+    # --- Workers ---
+    worker_processes: PositiveInt = 2
+    worker_concurrency: PositiveInt = 32
+    worker_heartbeat_s: PositiveFloat = 2.0
+    worker_ttl_s: PositiveFloat = 10.0
+    inference_threads: PositiveInt = 4
+
+    # --- Models ---
+    artifact_dir: Path = PROJECT_ROOT / "repo" / "models"
+    serving_version: str | None = Field(
+        default=None,
+        description="Model version the workers load; empty means the one named in CURRENT.",
+    )
+    tlc_base_url: str = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+    data_dir: Path = PROJECT_ROOT / "repo" / "data"
+
+    # --- Logging and the embedded Redis of `tripq up` ---
+    log_dir: Path = PROJECT_ROOT / "repo" / "logs"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    embedded_redis_dir: Path = PROJECT_ROOT / "repo" / "redis"
+
+    @field_validator("redis_url", "celery_broker_url", "celery_result_backend")
+    @classmethod
+    def _must_be_redis(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in REDIS_SCHEMES:
+            raise ValueError(f"must be a Redis URL ({', '.join(REDIS_SCHEMES)}), got {url!r}")
+        return url
+
+    @property
+    def broker_url(self) -> str:
+        """Where tasks are queued."""
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        """Where task results are stored and published."""
+        return self.celery_result_backend or self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process's settings, read once."""
+    return Settings()

@@ -1,0 +1,148 @@
+"""The data flow's shapes: `TripRequest` (in) -> `TripPrediction` (task result) -> `TripReply`."""
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from core.errors import ReplyCode
+
+ZONE_MIN, ZONE_MAX = 1, 265  # TLC taxi zone ids, as in taxi_zone_lookup.csv
+MAX_TRIP_MILES = 200.0  # far beyond any metered NYC trip; larger values are data errors
+
+EXAMPLE_TRIP: dict[str, JsonValue] = {
+    "request_id": "99999",
+    "PULocationID": 130,
+    "DOLocationID": 250,
+    "trip_distance": 3.0,
+}
+
+
+class TripRequest(BaseModel):
+    """One trip to predict, in the contract of the older service."""
+
+    model_config = ConfigDict(
+        coerce_numbers_to_str=True,
+        json_schema_extra={"examples": [EXAMPLE_TRIP]},
+    )
+
+    request_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="The caller's id for this request, echoed in the reply; integers are accepted.",
+    )
+    PULocationID: int = Field(ge=ZONE_MIN, le=ZONE_MAX, description="TLC pickup zone id.")
+    DOLocationID: int = Field(ge=ZONE_MIN, le=ZONE_MAX, description="TLC drop-off zone id.")
+    trip_distance: float = Field(
+        ge=0.0,
+        le=MAX_TRIP_MILES,
+        description="Trip distance in miles, as the taxi meter reports it.",
+    )
+
+    @field_validator("trip_distance")
+    @classmethod
+    def _finite(cls, miles: float) -> float:
+        if not math.isfinite(miles):
+            raise ValueError("must be a finite number")
+        return miles
+
+
+class TripPrediction(BaseModel):
+    """What a worker returns for one trip."""
+
+    request_id: str
+    duration: float = Field(description="Predicted trip duration in minutes.")
+    model_version: str
+    inference_ms: float = Field(description="Time the worker spent in the model.")
+    queue_ms: float = Field(description="Time from the API's send to the worker's start.")
+
+
+class Timings(BaseModel):
+    """Where the time of one request went, in milliseconds."""
+
+    total_ms: float = Field(description="From the request's arrival to its reply, in the API.")
+    queue_ms: float = Field(description="From the API's send to a worker's start (clock of both).")
+    inference_ms: float = Field(description="Inside the model, in the worker.")
+
+
+class TripReply(BaseModel):
+    """A successful prediction."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reply_code": 0,
+                    "request_id": "99999",
+                    "duration": 25.82,
+                    "model_version": "baseline-2021-01",
+                    "timings": {"total_ms": 2.1, "queue_ms": 0.4, "inference_ms": 0.3},
+                }
+            ]
+        }
+    )
+
+    reply_code: ReplyCode = Field(default=ReplyCode.OK, description="0 on success.")
+    request_id: str
+    duration: float = Field(description="Predicted trip duration in minutes.")
+    model_version: str = Field(description="Version of the model that answered.")
+    timings: Timings
+
+
+class FieldError(BaseModel):
+    """One reason a body failed validation."""
+
+    field: str = Field(description="Dotted path of the offending field, e.g. `PULocationID`.")
+    message: str
+
+
+class ErrorReply(BaseModel):
+    """Any reply that is not a prediction; `reply_code` says which failure it is."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reply_code": 1,
+                    "request_id": "99999",
+                    "message": "PULocationID: Input should be less than or equal to 265",
+                    "errors": [
+                        {
+                            "field": "PULocationID",
+                            "message": "Input should be less than or equal to 265",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    reply_code: ReplyCode
+    request_id: str | None = Field(default=None, description="Echoed when the body carried one.")
+    message: str = Field(description="What went wrong, for a person; never a traceback.")
+    errors: list[FieldError] | None = Field(default=None, description="Validation failures only.")
+
+
+class HealthReply(BaseModel):
+    """Liveness of one API process."""
+
+    name: str
+    api_version: str
+    model_version: str = Field(description="The version the fleet is configured to serve.")
+
+
+class WorkerInfo(BaseModel):
+    """One live worker process, as its last heartbeat described it."""
+
+    name: str
+    model_version: str | None = Field(description="None while the worker is loading its model.")
+    concurrency: int
+    seen_s_ago: float
+
+
+class ReadyReply(BaseModel):
+    """Whether this API process can answer predictions now."""
+
+    ready: bool = Field(description="Redis answers and at least one worker holds a model.")
+    redis: bool
+    workers: list[WorkerInfo]
+    model_versions: list[str] = Field(description="Distinct model versions the live workers hold.")
