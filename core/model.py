@@ -1,0 +1,261 @@
+"""The trip-duration model: its features, its safe loading and saving, its predictions.
+
+An artifact is trusted only after three checks, in this order: its bytes hash to the sha256 its
+card records (before anything is deserialized), skops finds only allow-listed types in it, and what
+loads is exactly the pipeline we train. A smoke prediction then proves it answers.
+"""
+
+import hashlib
+import math
+import os
+import platform
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import skops.io as sio
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import Pipeline
+
+from core.errors import InvalidArtifact, ModelError
+from core.registry import (
+    ARTIFACT_FILE,
+    CARD_FILE,
+    DataFile,
+    ModelCard,
+    check_version_name,
+    read_card,
+)
+
+# The fields of a trip the model reads; a card lists them so callers know the model's input.
+FEATURES = ("PULocationID", "DOLocationID", "trip_distance")
+
+# The only types a model artifact may hold beyond skops' own defaults: the baseline's pipeline.
+TRUSTED_TYPES: tuple[type, ...] = (
+    Pipeline,
+    DictVectorizer,
+    LinearRegression,
+    np.float64,
+    np.ndarray,
+)
+
+_LIBRARIES = ("scikit-learn", "skops", "numpy", "pandas")
+
+Features = dict[str, str | float]
+
+
+class TripLike(Protocol):
+    """Anything with a trip's three model inputs, e.g. `core.schemas.TripRequest`."""
+
+    # Named as in the TLC files and the request contract, hence not snake_case.
+    @property
+    def PULocationID(self) -> int: ...
+
+    @property
+    def DOLocationID(self) -> int: ...
+
+    @property
+    def trip_distance(self) -> float: ...
+
+
+def trip_features(pu: int | str, do: int | str, distance: float) -> Features:
+    """Return the model's input for one trip; training and serving both call this."""
+    # TLC files hold zone ids as int or str depending on the year; f-strings agree on both.
+    return {"PU_DO": f"{pu}_{do}", "trip_distance": float(distance)}
+
+
+# The example trip of the API's docs; every loaded model must answer it with a finite number.
+_SMOKE_FEATURES = trip_features(130, 250, 3.0)
+
+
+class TripModel:
+    """A fitted pipeline and the card that describes it."""
+
+    def __init__(self, pipeline: Pipeline, card: ModelCard) -> None:
+        self._pipeline = pipeline
+        self._card = card
+
+    @property
+    def version(self) -> str:
+        """The model's version, as its card names it."""
+        return self._card.version
+
+    @property
+    def card(self) -> ModelCard:
+        """The model's card."""
+        return self._card
+
+    def predict_features(self, rows: Sequence[Mapping[str, str | float]]) -> list[float]:
+        """Predict minutes for feature dicts made by `trip_features`, in one call."""
+        if not rows:
+            return []
+        # DictVectorizer and LinearRegression only read their fitted state, so concurrent
+        # calls from several inference threads are safe without a lock.
+        predicted = self._pipeline.predict(rows)
+        return [float(minutes) for minutes in predicted]
+
+    def predict_trips(self, trips: Sequence[TripLike]) -> list[float]:
+        """Predict the duration in minutes of each trip, vectorized over the whole batch."""
+        rows = [trip_features(t.PULocationID, t.DOLocationID, t.trip_distance) for t in trips]
+        return self.predict_features(rows)
+
+
+def library_versions() -> dict[str, str]:
+    """Return the versions of python and the libraries an artifact depends on."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = package_version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def build_pipeline(kind: str) -> Pipeline:
+    """Return an unfitted pipeline of the given kind."""
+    if kind != "baseline":
+        raise ModelError(f"unknown model kind {kind!r}; known kinds: baseline")
+    # The MLOps Zoomcamp baseline, unchanged, so its validation RMSE (7.7587) stays comparable.
+    return Pipeline([("vectorizer", DictVectorizer()), ("regressor", LinearRegression())])
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a sibling temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        # mkstemp makes owner-only files; artifacts are read by workers running as other users.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    pipeline: Pipeline,
+    model_dir: Path,
+    *,
+    kind: str,
+    train_files: list[DataFile],
+    valid_files: list[DataFile],
+    metrics: dict[str, float],
+    version: str | None = None,
+) -> ModelCard:
+    """Write model.skops, then card.json with the artifact's sha256; return the card."""
+    # Deflate shrinks the baseline's 13 MB of JSON (one node per PU_DO pair) to about 0.4 MB.
+    data = sio.dumps(pipeline, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+    card = ModelCard(
+        version=check_version_name(version or model_dir.resolve().name),
+        kind=kind,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        train_files=train_files,
+        valid_files=valid_files,
+        train_rows=sum(f.rows for f in train_files),
+        valid_rows=sum(f.rows for f in valid_files),
+        metrics=metrics,
+        features=list(FEATURES),
+        libraries=library_versions(),
+        artifact=ARTIFACT_FILE,
+        artifact_sha256=_sha256(data),
+    )
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # Artifact first, card last: a reader never finds a card without its artifact, and one
+        # that reads mid-overwrite finds a hash mismatch and refuses rather than a wrong model.
+        _write_atomically(model_dir / ARTIFACT_FILE, data)
+        _write_atomically(model_dir / CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())
+    except OSError as exc:
+        raise ModelError(f"cannot write model to {model_dir}: {exc.strerror or exc}") from exc
+    return card
+
+
+def _read_artifact(model_dir: Path, card: ModelCard) -> bytes:
+    """Return the artifact's bytes once they match the card's sha256."""
+    if Path(card.artifact).name != card.artifact:
+        raise InvalidArtifact(
+            f"{CARD_FILE} in {model_dir} names a path, not a file: {card.artifact}"
+        )
+    path = model_dir / card.artifact
+    try:
+        # Hash and load the same bytes, so the file cannot change between check and use.
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(f"no model artifact: {path} does not exist") from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read model artifact {path}: {exc.strerror}") from exc
+    actual = _sha256(data)
+    if actual != card.artifact_sha256:
+        raise InvalidArtifact(
+            f"{card.artifact} sha256 {actual[:12]}… does not match {CARD_FILE}'s "
+            f"{card.artifact_sha256[:12]}… in {model_dir}"
+        )
+    return data
+
+
+def _deserialize(data: bytes, name: str) -> Pipeline:
+    """Load an artifact's bytes with skops, allowing only the trusted types."""
+    # skops raises whatever its zip, JSON and object decoders raise on a malformed file; all of
+    # them mean the same thing here, and the original stays attached as the cause.
+    try:
+        untrusted = set(sio.get_untrusted_types(data=data))
+    except Exception as exc:
+        raise InvalidArtifact(f"{name} is not a readable skops file: {exc}") from exc
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in TRUSTED_TYPES}
+    refused = sorted(untrusted - allowed)
+    if refused:
+        raise InvalidArtifact(f"{name} holds types outside the allow-list: {', '.join(refused)}")
+    try:
+        loaded = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:
+        raise InvalidArtifact(f"{name} is not a readable skops file: {exc}") from exc
+    return _check_pipeline(loaded, name)
+
+
+def _check_pipeline(loaded: object, name: str) -> Pipeline:
+    """Return `loaded` if it is the baseline's fitted pipeline shape, else raise InvalidArtifact."""
+    if not isinstance(loaded, Pipeline):
+        raise InvalidArtifact(f"{name} holds a {type(loaded).__name__}, not a Pipeline")
+    steps = [type(step) for _, step in loaded.steps]
+    if steps != [DictVectorizer, LinearRegression]:
+        shape = " -> ".join(t.__name__ for t in steps)
+        raise InvalidArtifact(
+            f"{name} holds a {shape} pipeline, not DictVectorizer -> LinearRegression"
+        )
+    return loaded
+
+
+def _smoke_test(model: TripModel, name: str) -> None:
+    """Predict the example trip and refuse a model whose answer is not a finite number."""
+    try:
+        [minutes] = model.predict_features([_SMOKE_FEATURES])
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise InvalidArtifact(f"{name} failed its smoke prediction: {exc}") from exc
+    if not math.isfinite(minutes):
+        raise InvalidArtifact(f"{name} predicts {minutes} minutes for the example trip")
+
+
+def load_model(model_dir: Path) -> TripModel:
+    """Load and verify the model in `model_dir`; refuse anything its card does not vouch for."""
+    card = read_card(model_dir)
+    if card.features != list(FEATURES):
+        raise InvalidArtifact(
+            f"{CARD_FILE} in {model_dir} lists features {card.features}, expected {list(FEATURES)}"
+        )
+    data = _read_artifact(model_dir, card)
+    where = f"{card.artifact} in {model_dir}"
+    model = TripModel(_deserialize(data, where), card)
+    _smoke_test(model, where)
+    return model
