@@ -1,0 +1,86 @@
+"""One handler per domain error: status code, reply code and a short message; never a traceback."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loguru import logger
+
+from core.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidTrip,
+    ModelError,
+    Overloaded,
+    PredictionFailed,
+    ReplyCode,
+    TripqError,
+)
+from core.schemas import ErrorReply, FieldError
+
+RETRY_AFTER_S = 1
+
+# Most specific first: a handler is looked up by the exception's class hierarchy.
+STATUS_OF: dict[type[TripqError], int] = {
+    InvalidTrip: 400,
+    DeadlineExceeded: 504,
+    Overloaded: 429,
+    BackendUnavailable: 503,
+    ModelError: 503,
+    PredictionFailed: 500,
+    TripqError: 500,
+}
+
+# The error replies each predict endpoint documents in /docs.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorReply, "description": "The body failed validation (reply_code 1)."},
+    429: {
+        "model": ErrorReply,
+        "description": "Overloaded; retry after Retry-After (reply_code 4).",
+    },
+    500: {"model": ErrorReply, "description": "tripq failed while answering (reply_code 3)."},
+    503: {
+        "model": ErrorReply,
+        "description": "Redis or the model is unavailable; retry after Retry-After (reply_code 5).",
+    },
+    504: {"model": ErrorReply, "description": "No worker answered in time (reply_code 2)."},
+}
+
+
+def error_response(status: int, reply_code: ReplyCode, message: str, **fields: Any) -> JSONResponse:
+    """Build an error reply; refusals that may pass carry Retry-After."""
+    body = ErrorReply(reply_code=reply_code, message=message, **fields)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error the app can raise to its documented reply."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    for error_class in STATUS_OF:
+        app.add_exception_handler(error_class, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [_field_error(error) for error in exc.errors()]
+    message = "; ".join(f"{e.field}: {e.message}" for e in errors) or "invalid request"
+    return error_response(400, ReplyCode.INVALID_REQUEST, message, errors=errors)
+
+
+def _field_error(error: Any) -> FieldError:
+    # FastAPI prefixes body fields with "body"; clients know fields by their own names.
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    return FieldError(field=".".join(location) or "body", message=str(error.get("msg", "")))
+
+
+async def _domain_error(request: Request, exc: TripqError) -> JSONResponse:
+    status = next(s for cls, s in STATUS_OF.items() if isinstance(exc, cls))
+    request_id = getattr(request.state, "request_id", None)
+    return error_response(status, exc.reply_code, exc.message, request_id=request_id)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", path=request.url.path)
+    return error_response(500, ReplyCode.SERVER_ERROR, "internal error")

@@ -1,0 +1,82 @@
+"""tripq's HTTP API.
+
+    client ── POST /v1/trip/predict ──> API (this process, asyncio)
+                                         │ LPUSH task (expires = deadline)
+                                         v
+                                   Redis list "tasks.trip" ──> Celery worker (gevent) ──> model
+                                                                      │ SET + PUBLISH result
+    client <── reply {reply_code, duration} <── API <── PSUBSCRIBE ───┘
+
+Each API process sends tasks without Celery's producer and awaits every result through one pattern
+subscription (see core.jobs); a request that outlives its deadline gets reply_code 2.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI
+from loguru import logger
+
+from apps.errors import install_error_handlers
+from apps.routers import health, trip
+from config import Settings, get_settings
+from core.errors import ModelError
+from core.jobs import JobClient
+from core.logs import configure_logging
+from core.registry import read_card, resolve_model_dir
+
+# How long start-up waits for the result subscription before serving (503s until it is up).
+_SUBSCRIBE_WAIT_S = 2.0
+
+
+def serving_version(settings: Settings) -> str:
+    """Name the model version the fleet is configured to serve, without loading the model."""
+    try:
+        return read_card(resolve_model_dir(settings.artifact_dir, settings.serving_version)).version
+    except ModelError as exc:
+        logger.warning("no model card", error=exc.message)
+        return "unknown"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; its lifespan owns the job client."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(
+            "api",
+            settings.log_dir / "apps" / "api",
+            level=settings.log_level,
+            json_lines=settings.log_json,
+        )
+        app.state.model_version = serving_version(settings)
+        app.state.jobs = JobClient(
+            broker_url=settings.broker_url,
+            backend_url=settings.result_backend,
+            queue=settings.queue,
+            connect_timeout_s=settings.redis_connect_timeout_s,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+        )
+        await app.state.jobs.start(wait_s=_SUBSCRIBE_WAIT_S)
+        logger.info("api ready", model_version=app.state.model_version)
+        try:
+            yield
+        finally:
+            await app.state.jobs.close()
+
+    app = FastAPI(
+        title="tripq",
+        version=version("tripq"),
+        summary="How long will this NYC taxi trip take? Queue-backed predictions over HTTP.",
+        description=__doc__,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(trip.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

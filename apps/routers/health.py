@@ -1,0 +1,39 @@
+"""Liveness and readiness: never queued, never refused by load."""
+
+from fastapi import APIRouter, Request, Response
+
+from apps.deps import JobsDep, SettingsDep
+from core.errors import BackendUnavailable
+from core.schemas import HealthReply, ReadyReply, WorkerInfo
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthReply)
+async def health(request: Request) -> HealthReply:
+    """Say that this API process is alive, and which model version the fleet serves."""
+    return HealthReply(
+        name="tripq",
+        api_version=request.app.version,
+        model_version=request.app.state.model_version,
+    )
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyReply,
+    responses={503: {"model": ReadyReply, "description": "Not ready: see `redis` and `workers`."}},
+)
+async def ready(response: Response, jobs: JobsDep, settings: SettingsDep) -> ReadyReply:
+    """Say whether Redis answers and which live workers hold which model versions."""
+    redis_ok = await jobs.ping()
+    workers: list[WorkerInfo] = []
+    if redis_ok:
+        try:
+            workers = await jobs.workers(settings.worker_ttl_s)
+        except BackendUnavailable:
+            redis_ok = False
+    versions = sorted({w.model_version for w in workers if w.model_version})
+    is_ready = redis_ok and bool(versions) and jobs.listening
+    response.status_code = 200 if is_ready else 503
+    return ReadyReply(ready=is_ready, redis=redis_ok, workers=workers, model_versions=versions)

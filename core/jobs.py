@@ -1,0 +1,263 @@
+"""The job client: how an API process sends work to the workers and awaits the answers.
+
+    predict(trip) ──LPUSH──> tasks.trip ──> worker ──SET+PUBLISH──> celery-task-meta-<inbox>-<uuid>
+        ^                                                                      │
+        └── future resolved <── listener (one PSUBSCRIBE celery-task-meta-<inbox>-*) ┘
+
+Every API process owns an *inbox*: a random prefix on the ids of the tasks it sends. One pattern
+subscription on one connection receives the results of all its tasks and only those, so there is
+no subscribe/unsubscribe per request, no race between a send and its subscription, and no thread
+parked per waiting request: each waiting request is an asyncio future with a deadline.
+
+Results that were published while the listener was disconnected are read back from their keys
+when it reconnects; a result read is deleted, so keys do not pile up in Redis.
+"""
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from core import fleet, protocol
+from core.errors import BackendUnavailable, DeadlineExceeded, ModelError, PredictionFailed
+from core.schemas import TripPrediction, TripRequest, WorkerInfo
+
+PREDICT_TASK = "tasks.trip.tasks.predict_ride"
+
+# Read-back of a result that may have been published in the instant the deadline ran out.
+_LATE_READ_S = 0.2
+_RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+_DELETE_EVERY_S = 0.1
+_CONFIRM_S = 5.0
+
+
+class JobClient:
+    """Send prediction tasks and await their results, for one asyncio process."""
+
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        backend_url: str,
+        queue: str,
+        connect_timeout_s: float,
+        socket_timeout_s: float,
+    ) -> None:
+        def connect(url: str) -> "Redis":
+            return Redis.from_url(
+                url,
+                socket_connect_timeout=connect_timeout_s,
+                socket_timeout=socket_timeout_s,
+                health_check_interval=15,
+            )
+
+        self._broker = connect(broker_url)
+        self._backend = self._broker if backend_url == broker_url else connect(backend_url)
+        self._queue = queue
+        self._inbox = uuid.uuid4().hex[:12]
+        self._origin = f"api-{os.getpid()}@{socket.gethostname()}"
+        self._pending: dict[str, asyncio.Future[protocol.TaskOutcome]] = {}
+        self._read_keys: list[str] = []
+        self._subscribed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def listening(self) -> bool:
+        """Tell whether the result subscription is up."""
+        return self._subscribed.is_set()
+
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Start the result listener; wait up to `wait_s` for its subscription."""
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="tripq-result-listener"),
+            asyncio.create_task(self._delete_read_results(), name="tripq-result-reaper"),
+        ]
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), wait_s)
+
+    async def close(self) -> None:
+        """Stop the listener, fail pending waits, and close connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BackendUnavailable("the API is shutting down"))
+        await self._flush_deletes()
+        await self._broker.aclose()
+        if self._backend is not self._broker:
+            await self._backend.aclose()
+
+    async def predict(self, trip: TripRequest, timeout_s: float) -> TripPrediction:
+        """Send one trip to the workers and return their prediction within `timeout_s`."""
+        if not self.listening:
+            raise BackendUnavailable("the result backend is not reachable")
+        task_id = f"{self._inbox}-{uuid.uuid4().hex}"
+        message = protocol.encode_task(
+            task_id=task_id,
+            task_name=PREDICT_TASK,
+            queue=self._queue,
+            args=[trip.model_dump()],
+            kwargs={"sent_at": time.time()},
+            # The task expires with its request: no worker computes an answer nobody awaits.
+            expires=datetime.now(UTC) + timedelta(seconds=timeout_s),
+            origin=self._origin,
+        )
+        future = asyncio.get_running_loop().create_future()
+        self._pending[task_id] = future
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._send(message)
+                outcome = await future
+        except TimeoutError:
+            outcome = await self._read_late(task_id)
+            if outcome is None:
+                raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
+        finally:
+            self._pending.pop(task_id, None)
+        return _prediction(outcome)
+
+    async def ping(self) -> bool:
+        """Tell whether both Redis roles answer."""
+        try:
+            await self._broker.ping()
+            if self._backend is not self._broker:
+                await self._backend.ping()
+        except (RedisError, OSError):
+            return False
+        return True
+
+    async def workers(self, ttl_s: float) -> list[WorkerInfo]:
+        """List the workers whose heartbeat is younger than `ttl_s`."""
+        now = time.time()
+        try:
+            async with self._broker.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(fleet.WORKERS_KEY, "-inf", now - ttl_s)
+                pipe.zrange(fleet.WORKERS_KEY, 0, -1, withscores=True)
+                pipe.hgetall(fleet.WORKERS_INFO_KEY)
+                _, seen, info = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable("the broker is not reachable") from exc
+        return fleet.live_workers(seen, info, now)
+
+    async def _send(self, message: bytes) -> None:
+        try:
+            await self._broker.lpush(self._queue, message)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable("the broker is not reachable") from exc
+
+    async def _read_late(self, task_id: str) -> protocol.TaskOutcome | None:
+        """Read a result that raced the deadline, if it is there."""
+        try:
+            raw = await asyncio.wait_for(
+                self._backend.get(protocol.result_key(task_id)), _LATE_READ_S
+            )
+        except (RedisError, OSError, TimeoutError):
+            return None
+        if raw is None:
+            return None
+        outcome = protocol.decode_result(raw)
+        if not outcome.ready:
+            return None
+        self._read_keys.append(protocol.result_key(task_id))
+        return outcome
+
+    async def _listen(self) -> None:
+        """Receive every result for this inbox, reconnecting whenever the connection drops."""
+        pattern = protocol.result_key(f"{self._inbox}-*")
+        attempt = 0
+        while True:
+            pubsub = self._backend.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                await self._confirmed(pubsub)
+                self._subscribed.set()
+                if attempt:
+                    logger.info("result listener reconnected", inbox=self._inbox)
+                    await self._recover_missed()
+                attempt = 0
+                await self._receive(pubsub)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._subscribed.clear()
+                delay = _RECONNECT_BACKOFF_S[min(attempt, len(_RECONNECT_BACKOFF_S) - 1)]
+                if attempt == 0:
+                    logger.warning("result listener lost Redis", error=str(exc))
+                attempt += 1
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    async def _confirmed(pubsub: PubSub) -> None:
+        """Wait for Redis to confirm the pattern subscription."""
+        async with asyncio.timeout(_CONFIRM_S):
+            while True:
+                message = await pubsub.get_message(timeout=_CONFIRM_S)
+                if message is not None and message["type"] == "psubscribe":
+                    return
+
+    async def _receive(self, pubsub: PubSub) -> None:
+        prefix_len = len(protocol.RESULT_KEY_PREFIX)
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None or message["type"] != "pmessage":
+                continue
+            task_id = message["channel"][prefix_len:].decode()
+            self._resolve(task_id, protocol.decode_result(message["data"]))
+
+    def _resolve(self, task_id: str, outcome: protocol.TaskOutcome) -> None:
+        if not outcome.ready:
+            return
+        self._read_keys.append(protocol.result_key(task_id))
+        future = self._pending.get(task_id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    async def _recover_missed(self) -> None:
+        """Read back results published while the listener was away."""
+        task_ids = list(self._pending)
+        if not task_ids:
+            return
+        raws = await self._backend.mget([protocol.result_key(t) for t in task_ids])
+        for task_id, raw in zip(task_ids, raws, strict=True):
+            if raw is not None:
+                self._resolve(task_id, protocol.decode_result(raw))
+
+    async def _delete_read_results(self) -> None:
+        while True:
+            await asyncio.sleep(_DELETE_EVERY_S)
+            await self._flush_deletes()
+
+    async def _flush_deletes(self) -> None:
+        if not self._read_keys:
+            return
+        keys, self._read_keys = self._read_keys, []
+        try:
+            await self._backend.unlink(*keys)
+        except (RedisError, OSError):
+            # Unread keys still expire after result_ttl_s; nothing is lost by skipping a round.
+            logger.debug("could not delete read results", count=len(keys))
+
+
+def _prediction(outcome: protocol.TaskOutcome) -> TripPrediction:
+    """Turn a finished task's record into a prediction or the matching domain error."""
+    if outcome.status == protocol.SUCCESS:
+        return TripPrediction.model_validate(outcome.result)
+    if outcome.status == protocol.REVOKED:
+        raise DeadlineExceeded("the task expired before a worker could run it")
+    detail = outcome.result if isinstance(outcome.result, dict) else {}
+    if detail.get("exc_type") in {"ModelError", "InvalidArtifact"}:
+        raise ModelError("the worker has no usable model")
+    raise PredictionFailed("the worker failed while predicting")

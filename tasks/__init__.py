@@ -1,0 +1,1 @@
+"""Celery: the app (`tasks.app`), worker lifecycle (`tasks.worker`), thin tasks per domain."""

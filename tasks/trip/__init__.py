@@ -1,0 +1,1 @@
+"""Tasks of the trip domain, consumed from the `tasks.trip` queue."""
