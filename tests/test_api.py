@@ -1,0 +1,207 @@
+"""End to end over HTTP: the real API, a real worker process, a real Redis."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from config import PROJECT_ROOT
+from core.model import TripModel, load_model
+from core.registry import resolve_model_dir
+from core.schemas import TripRequest
+from tests.support import Service, start_api, start_worker, tripq_env
+
+TRIP = {"request_id": "99999", "PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
+
+
+@pytest.fixture(scope="module")
+def platform(redis_url: str, log_dir: Path) -> Iterator[str]:
+    """Run one worker and the API against the module's Redis; yield the API's base URL."""
+    env = tripq_env(redis_url, log_dir)
+    worker = start_worker(env, log_dir)
+    api: Service | None = None
+    try:
+        api, base = start_api(env, log_dir)
+        yield base
+    finally:
+        if api is not None:
+            api.stop()
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def model() -> TripModel:
+    """The default model, loaded in the test process to compare with the service's answers."""
+    return load_model(resolve_model_dir(PROJECT_ROOT / "repo" / "models", None))
+
+
+def own_answer(model: TripModel, trip: dict[str, object]) -> float:
+    return model.predict_trips([TripRequest.model_validate(trip)])[0]
+
+
+def test_prediction_equals_the_models_own_answer(platform: str, model: TripModel) -> None:
+    reply = httpx.post(f"{platform}/v1/trip/predict", json=TRIP, timeout=10)
+
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["reply_code"] == 0
+    assert body["request_id"] == "99999"
+    assert body["duration"] == pytest.approx(own_answer(model, TRIP), rel=1e-9)
+    assert body["model_version"] == model.version
+    assert set(body["timings"]) == {"total_ms", "queue_ms", "inference_ms"}
+
+
+def test_integer_request_id_is_accepted_and_echoed_as_a_string(platform: str) -> None:
+    reply = httpx.post(
+        f"{platform}/v1/trip/predict", json={**TRIP, "request_id": 12345}, timeout=10
+    )
+
+    assert reply.status_code == 200
+    assert reply.json()["request_id"] == "12345"
+
+
+def test_300_varied_trips_at_32_in_flight_all_succeed_with_input_dependent_answers(
+    platform: str, model: TripModel
+) -> None:
+    trips = [
+        {
+            "request_id": f"r{i}",
+            "PULocationID": 1 + (i * 7) % 265,
+            "DOLocationID": 1 + (i * 13) % 265,
+            "trip_distance": round(0.3 + i * 0.05, 2),
+        }
+        for i in range(300)
+    ]
+
+    async def send_all() -> list[httpx.Response]:
+        limit = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(
+            base_url=platform, timeout=15, limits=httpx.Limits(max_connections=32)
+        ) as client:
+
+            async def send(trip: dict[str, object]) -> httpx.Response:
+                async with limit:
+                    return await client.post("/v1/trip/predict", json=trip)
+
+            return await asyncio.gather(*(send(t) for t in trips))
+
+    replies = asyncio.run(send_all())
+
+    assert [r.status_code for r in replies] == [200] * 300
+    bodies = [r.json() for r in replies]
+    assert [b["request_id"] for b in bodies] == [t["request_id"] for t in trips]
+    for trip, body in zip(trips, bodies, strict=True):
+        assert body["duration"] == pytest.approx(own_answer(model, trip), rel=1e-9)
+    assert len({round(b["duration"], 6) for b in bodies}) > 250
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({k: v for k, v in TRIP.items() if k != "request_id"}, "request_id"),
+        ({**TRIP, "PULocationID": "abc"}, "PULocationID"),
+        ({**TRIP, "PULocationID": 0}, "PULocationID"),
+        ({**TRIP, "DOLocationID": 266}, "DOLocationID"),
+        ({**TRIP, "trip_distance": -1}, "trip_distance"),
+        ({**TRIP, "trip_distance": 1e9}, "trip_distance"),
+        ({**TRIP, "request_id": ""}, "request_id"),
+        ({**TRIP, "request_id": "x" * 129}, "request_id"),
+    ],
+)
+def test_invalid_body_answers_400_naming_the_field(
+    platform: str, body: dict[str, object], field: str
+) -> None:
+    reply = httpx.post(f"{platform}/v1/trip/predict", json=body, timeout=10)
+
+    assert reply.status_code == 400
+    error = reply.json()
+    assert error["reply_code"] == 1
+    assert field in error["message"]
+    assert [e["field"] for e in error["errors"]] == [field]
+
+
+def test_non_finite_distance_answers_400(platform: str) -> None:
+    raw = json.dumps({**TRIP, "trip_distance": float("nan")})  # Python writes the NaN literal
+
+    reply = httpx.post(
+        f"{platform}/v1/trip/predict",
+        content=raw,
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+
+    assert reply.status_code == 400
+    assert "trip_distance" in reply.json()["message"]
+
+
+def test_malformed_json_answers_400_without_a_traceback(platform: str) -> None:
+    reply = httpx.post(
+        f"{platform}/v1/trip/predict",
+        content=b'{"request_id": "1", "PULocationID": ',
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+
+    assert reply.status_code == 400
+    assert reply.json()["reply_code"] == 1
+    assert "Traceback" not in reply.text
+
+
+def test_health_names_the_service_and_the_model_version(platform: str, model: TripModel) -> None:
+    reply = httpx.get(f"{platform}/health", timeout=5)
+
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["name"] == "tripq"
+    assert body["api_version"]
+    assert body["model_version"] == model.version
+
+
+def test_ready_lists_live_workers_and_their_model_versions(platform: str, model: TripModel) -> None:
+    reply = httpx.get(f"{platform}/ready", timeout=5)
+
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["ready"] is True
+    assert body["redis"] is True
+    assert body["model_versions"] == [model.version]
+    assert len(body["workers"]) == 1
+    assert body["workers"][0]["name"].startswith("trip1@")
+
+
+def test_docs_document_every_endpoint_with_examples_and_error_replies(platform: str) -> None:
+    assert httpx.get(f"{platform}/docs", timeout=5).status_code == 200
+    assert httpx.get(f"{platform}/redoc", timeout=5).status_code == 200
+    spec = httpx.get(f"{platform}/openapi.json", timeout=5).json()
+
+    predict = spec["paths"]["/v1/trip/predict"]["post"]
+    assert predict["description"]
+    assert set(predict["responses"]) >= {"200", "400", "429", "500", "503", "504"}
+    for status in ("400", "429", "500", "503", "504"):
+        schema = predict["responses"][status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ErrorReply")
+    schemas = spec["components"]["schemas"]
+    assert schemas["TripRequest"]["examples"]
+    assert schemas["TripReply"]["examples"]
+    assert schemas["ErrorReply"]["examples"]
+    for path in ("/health", "/ready"):
+        assert spec["paths"][path]["get"]["description"]
+
+
+def test_cli_predict_goes_through_the_queue(
+    platform: str, redis_url: str, log_dir: Path, model: TripModel
+) -> None:
+    cli = Service(
+        "cli-predict",
+        ["predict", "--pu", "130", "--do", "250", "--distance", "3.0", "--request-id", "cli-1"],
+        tripq_env(redis_url, log_dir),
+        log_dir,
+    )
+    assert cli.finish(30) == 0, cli.log_tail()
+
+    answer = json.loads(cli.log_tail().strip().splitlines()[-1])
+    assert answer["request_id"] == "cli-1"
+    assert answer["duration"] == pytest.approx(own_answer(model, TRIP), rel=1e-9)
