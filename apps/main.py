@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.log_dir / "apps" / "api",
             level=settings.log_level,
             json_lines=settings.log_json,
+            access_log=settings.api_access_log,
         )
         app.state.model_version = serving_version(settings)
         app.state.jobs = JobClient(

@@ -42,7 +42,12 @@ class InterceptHandler(logging.Handler):
 
 
 def configure_logging(
-    process: str, log_dir: Path, *, level: str = "INFO", json_lines: bool = False
+    process: str,
+    log_dir: Path,
+    *,
+    level: str = "INFO",
+    json_lines: bool = False,
+    access_log: bool = False,
 ) -> None:
     """Log to stderr and to `log_dir`, one file per OS process, as text or JSON lines."""
     logger.remove()
@@ -60,14 +65,16 @@ def configure_logging(
         retention=5,
         enqueue=False,
     )
-    route_standard_logging(level)
+    route_standard_logging(level, access_log=access_log)
 
 
-def route_standard_logging(level: str) -> None:
+def route_standard_logging(level: str, *, access_log: bool) -> None:
     """Replace the handlers of the standard root and library loggers with one into loguru."""
     handler = InterceptHandler()
     logging.basicConfig(handlers=[handler], level=level, force=True)
     for name in ROUTED_LOGGERS:
         std_logger = logging.getLogger(name)
-        std_logger.handlers = [handler]
+        # uvicorn writes access lines only when its access logger has a handler.
+        wanted = access_log or not name.endswith(".access")
+        std_logger.handlers = [handler] if wanted else []
         std_logger.propagate = False

@@ -32,6 +32,7 @@ from core.registry import (
     ModelCard,
     check_version_name,
     read_card,
+    read_model_file,
 )
 
 # The fields of a trip the model reads; a card lists them so callers know the model's input.
@@ -189,13 +190,8 @@ def _read_artifact(model_dir: Path, card: ModelCard) -> bytes:
             f"{CARD_FILE} in {model_dir} names a path, not a file: {card.artifact}"
         )
     path = model_dir / card.artifact
-    try:
-        # Hash and load the same bytes, so the file cannot change between check and use.
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ModelError(f"no model artifact: {path} does not exist") from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read model artifact {path}: {exc.strerror}") from exc
+    # Hash and load the same bytes, so the file cannot change between check and use.
+    data = read_model_file(path, "model artifact")
     actual = _sha256(data)
     if actual != card.artifact_sha256:
         raise InvalidArtifact(

@@ -72,15 +72,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_model_file(path: Path, what: str) -> bytes:
+    """Read one file of a model directory, or say clearly why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelError(f"no {what}: {path} does not exist") from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
 def read_card(model_dir: Path) -> ModelCard:
     """Read and validate the card of the model in `model_dir`."""
     path = model_dir / CARD_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ModelError(f"no model card: {path} does not exist") from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read model card {path}: {exc.strerror}") from exc
+    raw = read_model_file(path, "model card")
     try:
         return ModelCard.model_validate_json(raw)
     except ValidationError as exc:

@@ -125,6 +125,14 @@ class ErrorReply(BaseModel):
 class HealthReply(BaseModel):
     """Liveness of one API process."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "tripq", "api_version": "0.1.0", "model_version": "baseline-2021-01"}
+            ]
+        }
+    )
+
     name: str
     api_version: str
     model_version: str = Field(description="The version the fleet is configured to serve.")
@@ -141,6 +149,26 @@ class WorkerInfo(BaseModel):
 
 class ReadyReply(BaseModel):
     """Whether this API process can answer predictions now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ready": True,
+                    "redis": True,
+                    "workers": [
+                        {
+                            "name": "trip1@worker-7f9c",
+                            "model_version": "baseline-2021-01",
+                            "concurrency": 32,
+                            "seen_s_ago": 0.8,
+                        }
+                    ],
+                    "model_versions": ["baseline-2021-01"],
+                }
+            ]
+        }
+    )
 
     ready: bool = Field(description="Redis answers and at least one worker holds a model.")
     redis: bool

@@ -25,6 +25,9 @@ app.conf.update(
     task_default_queue=settings.queue,
     task_routes={"tasks.trip.*": {"queue": settings.queue}},
     result_expires=settings.result_ttl_s,
+    # One result backend (and Redis connection pool) per process. By default Celery keeps one per
+    # thread, and under gevent every greenlet is a thread: each task would open a new connection.
+    result_backend_thread_safe=True,
     # A task is acknowledged after it ran, and given back to the queue if its worker dies mid-task.
     task_acks_late=True,
     task_reject_on_worker_lost=True,

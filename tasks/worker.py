@@ -1,5 +1,6 @@
 """A worker's lifecycle: logging at boot, model and heartbeat once ready, a goodbye at exit."""
 
+import logging
 import threading
 import time
 from typing import Any
@@ -29,6 +30,11 @@ def _configure_logging(**_: Any) -> None:
         level=settings.log_level,
         json_lines=settings.log_json,
     )
+    # Celery logs every task received and its whole result at INFO; tripq keeps payloads out of
+    # INFO logs, and one line per task would cost more than the prediction itself.
+    if settings.log_level != "DEBUG":
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

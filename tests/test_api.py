@@ -12,7 +12,7 @@ from config import PROJECT_ROOT
 from core.model import TripModel, load_model
 from core.registry import resolve_model_dir
 from core.schemas import TripRequest
-from tests.support import Service, start_api, start_worker, tripq_env
+from tests.support import Service, start_api, start_worker, tripq_env, wait_until
 
 TRIP = {"request_id": "99999", "PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
 
@@ -187,6 +187,8 @@ def test_docs_document_every_endpoint_with_examples_and_error_replies(platform: 
     assert schemas["TripRequest"]["examples"]
     assert schemas["TripReply"]["examples"]
     assert schemas["ErrorReply"]["examples"]
+    assert schemas["HealthReply"]["examples"]
+    assert schemas["ReadyReply"]["examples"]
     for path in ("/health", "/ready"):
         assert spec["paths"][path]["get"]["description"]
 
@@ -205,3 +207,19 @@ def test_cli_predict_goes_through_the_queue(
     answer = json.loads(cli.log_tail().strip().splitlines()[-1])
     assert answer["request_id"] == "cli-1"
     assert answer["duration"] == pytest.approx(own_answer(model, TRIP), rel=1e-9)
+
+
+def test_each_request_is_logged_once_with_its_id_and_timings(platform: str, log_dir: Path) -> None:
+    httpx.post(f"{platform}/v1/trip/predict", json={**TRIP, "request_id": "log-me"}, timeout=10)
+
+    def logged() -> list[str]:
+        api_logs = (log_dir / "apps" / "api").glob("api-*.log")
+        return [line for f in api_logs for line in f.read_text().splitlines() if "log-me" in line]
+
+    wait_until(lambda: logged(), 5, "the request's log line")
+    [line] = logged()
+    assert "'reply_code': 0" in line
+    assert "'total_ms'" in line
+    assert "'inference_ms'" in line
+    worker_logs = list((log_dir / "tasks" / "trip").glob("worker-*.log"))
+    assert worker_logs

@@ -25,17 +25,25 @@ async def predict_trip(
     """
     started = time.perf_counter()
     request.state.request_id = trip.request_id
-    reply_code = ReplyCode.OK
     try:
         prediction = await jobs.predict(trip, settings.request_timeout_s)
     except TripqError as exc:
-        reply_code = exc.reply_code
-        raise
-    finally:
-        total_ms = round((time.perf_counter() - started) * 1000, 3)
         logger.info(
-            "predict", request_id=trip.request_id, reply_code=int(reply_code), total_ms=total_ms
+            "predict",
+            request_id=trip.request_id,
+            reply_code=int(exc.reply_code),
+            total_ms=_ms_since(started),
         )
+        raise
+    total_ms = _ms_since(started)
+    logger.info(
+        "predict",
+        request_id=trip.request_id,
+        reply_code=int(ReplyCode.OK),
+        total_ms=total_ms,
+        queue_ms=prediction.queue_ms,
+        inference_ms=prediction.inference_ms,
+    )
     return TripReply(
         request_id=prediction.request_id,
         duration=prediction.duration,
@@ -46,3 +54,7 @@ async def predict_trip(
             inference_ms=prediction.inference_ms,
         ),
     )
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,66 @@
+"""The `tripq` command's process management and help, run as real processes."""
+
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.support import START_TIMEOUT_S, Service, tripq_env, wait_until
+
+COMMANDS = ["up", "api", "worker", "workers", "predict", "train", "evaluate"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, tmp_path: Path) -> None:
+    helper = Service(
+        f"help-{command}", [command, "--help"], tripq_env("redis://x", tmp_path), tmp_path
+    )
+
+    assert helper.finish(30) == 0
+    assert "Usage" in helper.log_tail()
+
+
+def test_worker_processes_start_heartbeat_and_stop_together(
+    redis_url: str, redis_client: redis.Redis, log_dir: Path
+) -> None:
+    workers = Service(
+        "workers-2",
+        ["worker", "--processes", "2", "--concurrency", "2"],
+        tripq_env(redis_url, log_dir),
+        log_dir,
+    )
+
+    def names() -> set[str]:
+        members = redis_client.zrange("tripq:workers", 0, -1)
+        return {str(n, "utf-8").split("@")[0] for n in members if isinstance(n, bytes)}
+
+    try:
+        wait_until(lambda: names() == {"trip1", "trip2"}, START_TIMEOUT_S, "two worker heartbeats")
+        children = psutil.Process(workers.process.pid).children(recursive=True)
+        lister = Service("workers-list", ["workers"], tripq_env(redis_url, log_dir), log_dir)
+        assert lister.finish(30) == 0
+        assert "trip1@" in lister.log_tail()
+        assert "trip2@" in lister.log_tail()
+    finally:
+        code = workers.stop(signal.SIGTERM)
+
+    assert code == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    # A worker that stops says goodbye: its heartbeat entry is gone at once.
+    assert redis_client.zcard("tripq:workers") == 0
+
+
+def test_workers_require_host_fails_when_no_worker_runs_there(
+    redis_url: str, log_dir: Path
+) -> None:
+    check = Service(
+        "workers-check",
+        ["workers", "--require-host", "no-such-host"],
+        tripq_env(redis_url, log_dir),
+        log_dir,
+    )
+
+    assert check.finish(30) == 1
