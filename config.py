@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     request_timeout_s: PositiveFloat = Field(
         default=5.0, description="Deadline of a synchronous prediction; also its task's expiry."
     )
+    batch_max_size: PositiveInt = Field(
+        default=256, description="Most single-trip requests one micro-batch task carries."
+    )
+    batch_max_in_flight: PositiveInt = Field(
+        default=4, description="Micro-batch tasks an API process has out at once; more wait."
+    )
+    batch_chunk_size: PositiveInt = Field(
+        default=5000, description="Most trips of a /predict/batch request one task carries."
+    )
     result_ttl_s: PositiveInt = Field(
         default=600, description="How long an unread task result stays in Redis."
     )

@@ -14,6 +14,7 @@ subscription (see core.jobs); a request that outlives its deadline gets reply_co
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from typing import Any
 
 from fastapi import FastAPI
 from loguru import logger
@@ -25,6 +26,7 @@ from core.errors import ModelError
 from core.jobs import JobClient
 from core.logs import configure_logging
 from core.registry import read_card, resolve_model_dir
+from core.schemas import BatchRequest, TripRequest
 
 # How long start-up waits for the result subscription before serving (503s until it is up).
 _SUBSCRIBE_WAIT_S = 2.0
@@ -52,14 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             json_lines=settings.log_json,
             access_log=settings.api_access_log,
         )
+        app.state.settings = settings
         app.state.model_version = serving_version(settings)
-        app.state.jobs = JobClient(
-            broker_url=settings.broker_url,
-            backend_url=settings.result_backend,
-            queue=settings.queue,
-            connect_timeout_s=settings.redis_connect_timeout_s,
-            socket_timeout_s=settings.redis_socket_timeout_s,
-        )
+        app.state.jobs = JobClient.from_settings(settings)
         await app.state.jobs.start(wait_s=_SUBSCRIBE_WAIT_S)
         logger.info("api ready", model_version=app.state.model_version)
         try:
@@ -77,7 +74,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(trip.router)
     app.include_router(health.router)
+    _document_request_schemas(app)
     return app
+
+
+def _document_request_schemas(app: FastAPI) -> None:
+    """Publish the request models that routes read themselves among the OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (TripRequest, BatchRequest):
+                schemas[model.__name__] = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

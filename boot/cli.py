@@ -184,18 +184,8 @@ def predict(
     typer.echo(json.dumps(prediction.model_dump()))
 
 
-def _job_client(settings: Settings) -> JobClient:
-    return JobClient(
-        broker_url=settings.broker_url,
-        backend_url=settings.result_backend,
-        queue=settings.queue,
-        connect_timeout_s=settings.redis_connect_timeout_s,
-        socket_timeout_s=settings.redis_socket_timeout_s,
-    )
-
-
 async def _predict_once(settings: Settings, trip: TripRequest) -> TripPrediction:
-    jobs = _job_client(settings)
+    jobs = JobClient.from_settings(settings)
     await jobs.start(wait_s=settings.redis_connect_timeout_s + 1)
     try:
         return await jobs.predict(trip, settings.request_timeout_s)
@@ -204,7 +194,7 @@ async def _predict_once(settings: Settings, trip: TripRequest) -> TripPrediction
 
 
 async def _live_workers(settings: Settings) -> list[WorkerInfo]:
-    jobs = _job_client(settings)
+    jobs = JobClient.from_settings(settings)
     try:
         return await jobs.workers(settings.worker_ttl_s)
     finally:

@@ -1,8 +1,9 @@
 """The job client: how an API process sends work to the workers and awaits the answers.
 
-    predict(trip) ──LPUSH──> tasks.trip ──> worker ──SET+PUBLISH──> celery-task-meta-<inbox>-<uuid>
-        ^                                                                      │
-        └── future resolved <── listener (one PSUBSCRIBE celery-task-meta-<inbox>-*) ┘
+    predict(trip) ─> micro-batcher ─> one task per batch ─LPUSH─> tasks.trip ─> worker
+                                                                                │ one predict
+    trip futures <─ batch future <─ listener <─PUBLISH─ celery-task-meta-<inbox>-<uuid>
+                                    (one PSUBSCRIBE celery-task-meta-<inbox>-*)
 
 Every API process owns an *inbox*: a random prefix on the ids of the tasks it sends. One pattern
 subscription on one connection receives the results of all its tasks and only those, so there is
@@ -19,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from loguru import logger
@@ -26,14 +28,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from config import Settings
 from core import fleet, protocol
+from core.batching import MicroBatcher, Pending
 from core.errors import BackendUnavailable, DeadlineExceeded, ModelError, PredictionFailed
-from core.schemas import TripPrediction, TripRequest, WorkerInfo
+from core.schemas import BatchPrediction, TripPrediction, TripRequest, WorkerInfo
 
-PREDICT_TASK = "tasks.trip.tasks.predict_ride"
+PREDICT_BATCH_TASK = "tasks.trip.tasks.predict_batch"
 
-# Read-back of a result that may have been published in the instant the deadline ran out.
-_LATE_READ_S = 0.2
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _DELETE_EVERY_S = 0.1
 _CONFIRM_S = 5.0
@@ -50,6 +52,8 @@ class JobClient:
         queue: str,
         connect_timeout_s: float,
         socket_timeout_s: float,
+        batch_max_size: int = 256,
+        batch_max_in_flight: int = 4,
     ) -> None:
         def connect(url: str) -> "Redis":
             return Redis.from_url(
@@ -68,6 +72,22 @@ class JobClient:
         self._read_keys: list[str] = []
         self._subscribed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._batcher: MicroBatcher[TripRequest, TripPrediction] = MicroBatcher(
+            self._predict_batch, max_batch=batch_max_size, max_in_flight=batch_max_in_flight
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "JobClient":
+        """Build the client the settings describe."""
+        return cls(
+            broker_url=settings.broker_url,
+            backend_url=settings.result_backend,
+            queue=settings.queue,
+            connect_timeout_s=settings.redis_connect_timeout_s,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+            batch_max_size=settings.batch_max_size,
+            batch_max_in_flight=settings.batch_max_in_flight,
+        )
 
     @property
     def listening(self) -> bool:
@@ -86,47 +106,94 @@ class JobClient:
 
     async def close(self) -> None:
         """Stop the listener, fail pending waits, and close connections."""
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BackendUnavailable("the API is shutting down"))
+        await self._batcher.drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(BackendUnavailable("the API is shutting down"))
         await self._flush_deletes()
         await self._broker.aclose()
         if self._backend is not self._broker:
             await self._backend.aclose()
 
     async def predict(self, trip: TripRequest, timeout_s: float) -> TripPrediction:
-        """Send one trip to the workers and return their prediction within `timeout_s`."""
+        """Predict one trip within `timeout_s`, batched with the trips sent alongside it."""
         if not self.listening:
             raise BackendUnavailable("the result backend is not reachable")
+        future = self._batcher.submit(trip, timeout_s)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
+
+    async def predict_many(
+        self, trips: Sequence[TripRequest], timeout_s: float, chunk_size: int
+    ) -> list[BatchPrediction]:
+        """Predict many trips within `timeout_s`, as tasks of at most `chunk_size` trips each.
+
+        The answers come per chunk, in order: their durations, concatenated, follow `trips`.
+        """
+        if not self.listening:
+            raise BackendUnavailable("the result backend is not reachable")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        chunks = [trips[i : i + chunk_size] for i in range(0, len(trips), chunk_size)]
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.gather(*(self._run_batch(chunk, deadline) for chunk in chunks))
+        except TimeoutError:
+            raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
+
+    async def _predict_batch(self, batch: Sequence[Pending[TripRequest, TripPrediction]]) -> None:
+        """Send one micro-batch as one task and resolve each trip's future with its answer."""
+        # The task lives as long as its most patient request; the others time out on their own.
+        deadline = max(p.deadline for p in batch)
+        try:
+            answer = await self._run_batch([p.item for p in batch], deadline)
+        except TimeoutError:
+            error = DeadlineExceeded("no worker answered within the deadline")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        for pending, duration in zip(batch, answer.durations, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(
+                    TripPrediction.model_construct(
+                        request_id=pending.item.request_id,
+                        duration=duration,
+                        model_version=answer.model_version,
+                        inference_ms=answer.inference_ms,
+                        queue_ms=answer.queue_ms,
+                    )
+                )
+
+    async def _run_batch(self, trips: Sequence[TripRequest], deadline: float) -> BatchPrediction:
+        """Send `trips` as one task and return their predictions; TimeoutError at `deadline`."""
+        loop = asyncio.get_running_loop()
         task_id = f"{self._inbox}-{uuid.uuid4().hex}"
         message = protocol.encode_task(
             task_id=task_id,
-            task_name=PREDICT_TASK,
+            task_name=PREDICT_BATCH_TASK,
             queue=self._queue,
-            args=[trip.model_dump()],
+            args=[batch_columns(trips)],
             kwargs={"sent_at": time.time()},
-            # The task expires with its request: no worker computes an answer nobody awaits.
-            expires=datetime.now(UTC) + timedelta(seconds=timeout_s),
+            # The task expires with its requests: no worker computes an answer nobody awaits.
+            expires=datetime.now(UTC) + timedelta(seconds=max(0.0, deadline - loop.time())),
             origin=self._origin,
         )
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[protocol.TaskOutcome] = loop.create_future()
         self._pending[task_id] = future
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await self._send(message)
                 outcome = await future
-        except TimeoutError:
-            outcome = await self._read_late(task_id)
-            if outcome is None:
-                raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
         finally:
             self._pending.pop(task_id, None)
-        return _prediction(outcome)
+        return batch_prediction(outcome, len(trips))
 
     async def ping(self) -> bool:
         """Tell whether both Redis roles answer."""
@@ -156,22 +223,6 @@ class JobClient:
             await self._broker.lpush(self._queue, message)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable("the broker is not reachable") from exc
-
-    async def _read_late(self, task_id: str) -> protocol.TaskOutcome | None:
-        """Read a result that raced the deadline, if it is there."""
-        try:
-            raw = await asyncio.wait_for(
-                self._backend.get(protocol.result_key(task_id)), _LATE_READ_S
-            )
-        except (RedisError, OSError, TimeoutError):
-            return None
-        if raw is None:
-            return None
-        outcome = protocol.decode_result(raw)
-        if not outcome.ready:
-            return None
-        self._read_keys.append(protocol.result_key(task_id))
-        return outcome
 
     async def _listen(self) -> None:
         """Receive every result for this inbox, reconnecting whenever the connection drops."""
@@ -251,13 +302,25 @@ class JobClient:
             logger.debug("could not delete read results", count=len(keys))
 
 
-def _prediction(outcome: protocol.TaskOutcome) -> TripPrediction:
-    """Turn a finished task's record into a prediction or the matching domain error."""
-    if outcome.status == protocol.SUCCESS:
-        return TripPrediction.model_validate(outcome.result)
+def batch_columns(trips: Sequence[TripRequest]) -> dict[str, list[int] | list[float]]:
+    """Lay trips out as the columns a batch task carries (request ids stay in the API)."""
+    return {
+        "PULocationID": [t.PULocationID for t in trips],
+        "DOLocationID": [t.DOLocationID for t in trips],
+        "trip_distance": [t.trip_distance for t in trips],
+    }
+
+
+def batch_prediction(outcome: protocol.TaskOutcome, size: int) -> BatchPrediction:
+    """Turn a finished batch task's record into its answer, or the matching domain error."""
     if outcome.status == protocol.REVOKED:
         raise DeadlineExceeded("the task expired before a worker could run it")
-    detail = outcome.result if isinstance(outcome.result, dict) else {}
-    if detail.get("exc_type") in {"ModelError", "InvalidArtifact"}:
-        raise ModelError("the worker has no usable model")
-    raise PredictionFailed("the worker failed while predicting")
+    if outcome.status != protocol.SUCCESS:
+        detail = outcome.result if isinstance(outcome.result, dict) else {}
+        if detail.get("exc_type") in {"ModelError", "InvalidArtifact"}:
+            raise ModelError("the worker has no usable model")
+        raise PredictionFailed("the worker failed while predicting")
+    answer = BatchPrediction.model_validate(outcome.result)
+    if len(answer.durations) != size:
+        raise PredictionFailed("the worker answered for a different number of trips")
+    return answer

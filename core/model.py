@@ -99,12 +99,19 @@ class TripModel:
             return []
         # DictVectorizer and LinearRegression only read their fitted state, so concurrent
         # calls from several inference threads are safe without a lock.
-        predicted = self._pipeline.predict(rows)
-        return [float(minutes) for minutes in predicted]
+        predicted: list[float] = self._pipeline.predict(rows).tolist()
+        return predicted
 
     def predict_trips(self, trips: Sequence[TripLike]) -> list[float]:
         """Predict the duration in minutes of each trip, vectorized over the whole batch."""
         rows = [trip_features(t.PULocationID, t.DOLocationID, t.trip_distance) for t in trips]
+        return self.predict_features(rows)
+
+    def predict_columns(
+        self, pu: Sequence[int], do: Sequence[int], distance: Sequence[float]
+    ) -> list[float]:
+        """Predict minutes for trips given as columns, in one call."""
+        rows = [trip_features(*trip) for trip in zip(pu, do, distance, strict=True)]
         return self.predict_features(rows)
 
 

@@ -1,8 +1,8 @@
 """The data flow's shapes: `TripRequest` (in) -> `TripPrediction` (task result) -> `TripReply`."""
 
-import math
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from core.errors import ReplyCode
 
@@ -35,15 +35,9 @@ class TripRequest(BaseModel):
     trip_distance: float = Field(
         ge=0.0,
         le=MAX_TRIP_MILES,
+        allow_inf_nan=False,
         description="Trip distance in miles, as the taxi meter reports it.",
     )
-
-    @field_validator("trip_distance")
-    @classmethod
-    def _finite(cls, miles: float) -> float:
-        if not math.isfinite(miles):
-            raise ValueError("must be a finite number")
-        return miles
 
 
 class TripPrediction(BaseModel):
@@ -53,6 +47,29 @@ class TripPrediction(BaseModel):
     duration: float = Field(description="Predicted trip duration in minutes.")
     model_version: str
     inference_ms: float = Field(description="Time the worker spent in the model.")
+    queue_ms: float = Field(description="Time from the API's send to the worker's start.")
+
+
+class TripColumns(BaseModel):
+    """Trips laid out as columns: what a batch task carries to a worker."""
+
+    PULocationID: list[Annotated[int, Field(ge=ZONE_MIN, le=ZONE_MAX)]]
+    DOLocationID: list[Annotated[int, Field(ge=ZONE_MIN, le=ZONE_MAX)]]
+    trip_distance: list[Annotated[float, Field(ge=0.0, le=MAX_TRIP_MILES, allow_inf_nan=False)]]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "TripColumns":
+        if not len(self.PULocationID) == len(self.DOLocationID) == len(self.trip_distance):
+            raise ValueError("columns must have the same length")
+        return self
+
+
+class BatchPrediction(BaseModel):
+    """What a worker returns for a batch task: one duration per trip, in order."""
+
+    durations: list[float]
+    model_version: str
+    inference_ms: float = Field(description="Time the worker spent in the model, for the batch.")
     queue_ms: float = Field(description="Time from the API's send to the worker's start.")
 
 
@@ -85,6 +102,52 @@ class TripReply(BaseModel):
     request_id: str
     duration: float = Field(description="Predicted trip duration in minutes.")
     model_version: str = Field(description="Version of the model that answered.")
+    timings: Timings
+
+
+MAX_BATCH_TRIPS = 10_000
+
+
+class BatchRequest(BaseModel):
+    """Many trips in one request; each gets its own reply, in the same order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"trips": [EXAMPLE_TRIP]}]})
+
+    trips: list[TripRequest] = Field(min_length=1, max_length=MAX_BATCH_TRIPS)
+
+
+class TripOutcome(BaseModel):
+    """The reply to one trip of a batch: a duration, or why there is none."""
+
+    reply_code: ReplyCode
+    request_id: str | None = None
+    duration: float | None = Field(
+        default=None, description="Minutes; present when reply_code is 0."
+    )
+    message: str | None = Field(default=None, description="Why there is no duration.")
+
+
+class BatchReply(BaseModel):
+    """The replies to a batch, in the order of its trips."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reply_code": 0,
+                    "model_version": "baseline-2021-01",
+                    "replies": [{"reply_code": 0, "request_id": "99999", "duration": 25.82}],
+                    "timings": {"total_ms": 3.1, "queue_ms": 0.5, "inference_ms": 0.4},
+                }
+            ]
+        }
+    )
+
+    reply_code: ReplyCode = Field(
+        description="0 when the batch was answered (see each reply's own code)."
+    )
+    model_version: str
+    replies: list[TripOutcome]
     timings: Timings
 
 

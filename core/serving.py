@@ -6,7 +6,7 @@ from pathlib import Path
 
 from core.model import TripModel, load_model
 from core.registry import resolve_model_dir
-from core.schemas import TripRequest
+from core.schemas import TripColumns, TripRequest
 
 
 class ModelHolder:
@@ -35,3 +35,11 @@ class ModelHolder:
         """Predict durations for `trips` and name the model version that did it."""
         model = self.get()
         return model.predict_trips(trips), model.version
+
+    def predict_columns(self, trips: TripColumns) -> tuple[list[float], str]:
+        """Predict durations for trips given as columns and name the model version."""
+        model = self.get()
+        durations = model.predict_columns(
+            trips.PULocationID, trips.DOLocationID, trips.trip_distance
+        )
+        return durations, model.version

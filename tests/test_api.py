@@ -179,12 +179,21 @@ def test_docs_document_every_endpoint_with_examples_and_error_replies(platform: 
 
     predict = spec["paths"]["/v1/trip/predict"]["post"]
     assert predict["description"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/TripRequest")
+    batch = spec["paths"]["/v1/trip/predict/batch"]["post"]
+    assert batch["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/BatchRequest"
+    )
+    assert set(batch["responses"]) >= {"200", "400", "500", "503", "504"}
     assert set(predict["responses"]) >= {"200", "400", "429", "500", "503", "504"}
     for status in ("400", "429", "500", "503", "504"):
         schema = predict["responses"][status]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith("/ErrorReply")
     schemas = spec["components"]["schemas"]
     assert schemas["TripRequest"]["examples"]
+    assert schemas["BatchRequest"]["examples"]
+    assert schemas["BatchReply"]["examples"]
     assert schemas["TripReply"]["examples"]
     assert schemas["ErrorReply"]["examples"]
     assert schemas["HealthReply"]["examples"]
@@ -223,3 +232,52 @@ def test_each_request_is_logged_once_with_its_id_and_timings(platform: str, log_
     assert "'inference_ms'" in line
     worker_logs = list((log_dir / "tasks" / "trip").glob("worker-*.log"))
     assert worker_logs
+
+
+def test_batch_endpoint_answers_each_trip_in_order_with_the_models_answer(
+    platform: str, model: TripModel
+) -> None:
+    trips = [
+        {
+            "request_id": f"b{i}",
+            "PULocationID": 1 + (i * 11) % 265,
+            "DOLocationID": 1 + (i * 5) % 265,
+            "trip_distance": round(0.2 + i * 0.01, 2),
+        }
+        for i in range(1200)
+    ]
+
+    reply = httpx.post(f"{platform}/v1/trip/predict/batch", json={"trips": trips}, timeout=30)
+
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["reply_code"] == 0
+    assert body["model_version"] == model.version
+    assert [r["request_id"] for r in body["replies"]] == [t["request_id"] for t in trips]
+    assert all(r["reply_code"] == 0 for r in body["replies"])
+    expected = model.predict_trips([TripRequest.model_validate(t) for t in trips])
+    assert [r["duration"] for r in body["replies"]] == pytest.approx(expected, rel=1e-9)
+
+
+def test_batch_endpoint_refuses_an_invalid_trip_alone_and_answers_the_rest(platform: str) -> None:
+    trips = [TRIP, {**TRIP, "request_id": "bad", "PULocationID": 0}, {**TRIP, "request_id": 7}]
+
+    reply = httpx.post(f"{platform}/v1/trip/predict/batch", json={"trips": trips}, timeout=10)
+
+    assert reply.status_code == 200
+    replies = reply.json()["replies"]
+    assert [r["reply_code"] for r in replies] == [0, 1, 0]
+    assert replies[1]["request_id"] == "bad"
+    assert "PULocationID" in replies[1]["message"]
+    assert replies[2]["request_id"] == "7"
+    assert replies[0]["duration"] == replies[2]["duration"]
+
+
+def test_batch_endpoint_refuses_more_than_10000_trips_with_400(platform: str) -> None:
+    reply = httpx.post(
+        f"{platform}/v1/trip/predict/batch", json={"trips": [TRIP] * 10_001}, timeout=30
+    )
+
+    assert reply.status_code == 400
+    assert reply.json()["reply_code"] == 1
+    assert "trips" in reply.json()["message"]

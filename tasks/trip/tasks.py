@@ -1,11 +1,15 @@
-"""Trip tasks: decode the payload, call the model, encode the prediction."""
+"""Trip tasks: decode the payload, call the model, encode the prediction.
+
+`predict_batch` is what the API sends (its micro-batches); `predict_ride` is the one-trip task of
+the older service's contract, kept for producers that send single trips.
+"""
 
 import time
 from typing import Any
 
 from loguru import logger
 
-from core.schemas import TripPrediction, TripRequest
+from core.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
 from tasks.app import app
 from tasks.offload import run_off_hub
 from tasks.worker import model_holder
@@ -27,3 +31,18 @@ def predict_ride(trip: dict[str, Any], sent_at: float) -> dict[str, Any]:
     )
     logger.debug("predicted", request_id=request.request_id, ms=prediction.inference_ms)
     return prediction.model_dump()
+
+
+@app.task(name="tasks.trip.tasks.predict_batch")  # type: ignore[untyped-decorator]
+def predict_batch(columns: dict[str, Any], sent_at: float) -> dict[str, Any]:
+    """Predict the durations of a batch of trips, given as columns, with one model call."""
+    started = time.time()
+    trips = TripColumns.model_validate(columns)
+    durations, version = run_off_hub(model_holder.predict_columns, trips)
+    answer = BatchPrediction(
+        durations=durations,
+        model_version=version,
+        inference_ms=round((time.time() - started) * 1000, 3),
+        queue_ms=round(max(0.0, started - sent_at) * 1000, 3),
+    )
+    return answer.model_dump()
