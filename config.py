@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         default=256, description="Most single-trip requests one micro-batch task carries."
     )
     batch_max_in_flight: PositiveInt = Field(
-        default=4, description="Micro-batch tasks an API process has out at once; more wait."
+        default=2, description="Micro-batch tasks an API process has out at once; more wait."
     )
     batch_chunk_size: PositiveInt = Field(
         default=5000, description="Most trips of a /predict/batch request one task carries."

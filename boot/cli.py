@@ -18,9 +18,9 @@ from boot.cli_model import evaluate, train
 from boot.procs import ProcessGroup
 from config import Settings, get_settings
 from core.errors import TripqError
-from core.jobs import JobClient
+from core.jobs import JobClient, TripAnswer
 from core.redis_server import EmbeddedRedis, redis_answers
-from core.schemas import TripPrediction, TripRequest, WorkerInfo
+from core.schemas import TripRequest, WorkerInfo
 
 app = typer.Typer(
     help="tripq: NYC taxi trip durations, served through a Redis queue by Celery workers.",
@@ -174,17 +174,24 @@ def predict(
         trip = TripRequest(
             request_id=request_id, PULocationID=pu, DOLocationID=do, trip_distance=distance
         )
-        prediction = asyncio.run(_predict_once(settings, trip))
+        answer = asyncio.run(_predict_once(settings, trip))
     except TripqError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
     except ValueError as exc:
         console.print(f"[red]invalid trip: {exc}[/red]")
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(prediction.model_dump()))
+    reply = {
+        "request_id": trip.request_id,
+        "duration": answer.duration,
+        "model_version": answer.batch.model_version,
+        "queue_ms": answer.batch.queue_ms,
+        "inference_ms": answer.batch.inference_ms,
+    }
+    typer.echo(json.dumps(reply))
 
 
-async def _predict_once(settings: Settings, trip: TripRequest) -> TripPrediction:
+async def _predict_once(settings: Settings, trip: TripRequest) -> TripAnswer:
     jobs = JobClient.from_settings(settings)
     await jobs.start(wait_s=settings.redis_connect_timeout_s + 1)
     try:

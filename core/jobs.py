@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -32,13 +33,25 @@ from config import Settings
 from core import fleet, protocol
 from core.batching import MicroBatcher, Pending
 from core.errors import BackendUnavailable, DeadlineExceeded, ModelError, PredictionFailed
-from core.schemas import BatchPrediction, TripPrediction, TripRequest, WorkerInfo
+from core.schemas import BatchPrediction, TripRequest, WorkerInfo
 
 PREDICT_BATCH_TASK = "tasks.trip.tasks.predict_batch"
 
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _DELETE_EVERY_S = 0.1
 _CONFIRM_S = 5.0
+
+
+class TripAnswer(NamedTuple):
+    """One trip's share of its batch's answer."""
+
+    duration: float
+    batch: BatchPrediction
+
+
+def _expire(future: "asyncio.Future[TripAnswer]", timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"no worker answered within {timeout_s:g} s"))
 
 
 class JobClient:
@@ -72,7 +85,7 @@ class JobClient:
         self._read_keys: list[str] = []
         self._subscribed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._batcher: MicroBatcher[TripRequest, TripPrediction] = MicroBatcher(
+        self._batcher: MicroBatcher[TripRequest, TripAnswer] = MicroBatcher(
             self._predict_batch, max_batch=batch_max_size, max_in_flight=batch_max_in_flight
         )
 
@@ -120,15 +133,17 @@ class JobClient:
         if self._backend is not self._broker:
             await self._backend.aclose()
 
-    async def predict(self, trip: TripRequest, timeout_s: float) -> TripPrediction:
+    async def predict(self, trip: TripRequest, timeout_s: float) -> TripAnswer:
         """Predict one trip within `timeout_s`, batched with the trips sent alongside it."""
         if not self.listening:
             raise BackendUnavailable("the result backend is not reachable")
         future = self._batcher.submit(trip, timeout_s)
+        # A bare timer rather than asyncio.wait_for: this runs once per request, on the hot path.
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future, timeout_s)
         try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
+            return await future
+        finally:
+            timer.cancel()
 
     async def predict_many(
         self, trips: Sequence[TripRequest], timeout_s: float, chunk_size: int
@@ -147,7 +162,7 @@ class JobClient:
         except TimeoutError:
             raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
 
-    async def _predict_batch(self, batch: Sequence[Pending[TripRequest, TripPrediction]]) -> None:
+    async def _predict_batch(self, batch: Sequence[Pending[TripRequest, TripAnswer]]) -> None:
         """Send one micro-batch as one task and resolve each trip's future with its answer."""
         # The task lives as long as its most patient request; the others time out on their own.
         deadline = max(p.deadline for p in batch)
@@ -161,15 +176,7 @@ class JobClient:
             return
         for pending, duration in zip(batch, answer.durations, strict=True):
             if not pending.future.done():
-                pending.future.set_result(
-                    TripPrediction.model_construct(
-                        request_id=pending.item.request_id,
-                        duration=duration,
-                        model_version=answer.model_version,
-                        inference_ms=answer.inference_ms,
-                        queue_ms=answer.queue_ms,
-                    )
-                )
+                pending.future.set_result(TripAnswer(duration, answer))
 
     async def _run_batch(self, trips: Sequence[TripRequest], deadline: float) -> BatchPrediction:
         """Send `trips` as one task and return their predictions; TimeoutError at `deadline`."""

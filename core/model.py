@@ -76,12 +76,47 @@ def trip_features(pu: int | str, do: int | str, distance: float) -> Features:
 _SMOKE_FEATURES = trip_features(130, 250, 3.0)
 
 
+class LinearScorer:
+    """The baseline pipeline, compiled: one weight per zone pair, one for distance, an intercept.
+
+    DictVectorizer one-hot encodes `PU_DO` and passes `trip_distance` through, so the linear model
+    reads exactly two features of a trip and its prediction is
+    `intercept + weight[PU_DO] + weight_distance * trip_distance` (a pair it never saw weighs 0).
+    Computing that directly gives the pipeline's answers (to rounding) at a few hundred
+    nanoseconds a trip instead of DictVectorizer's tens of microseconds.
+    """
+
+    def __init__(self, vectorizer: DictVectorizer, regression: LinearRegression) -> None:
+        coef = np.asarray(regression.coef_, dtype=np.float64).ravel()
+        prefix = f"PU_DO{vectorizer.separator}"
+        self.pair_weights: dict[str, float] = {
+            name[len(prefix) :]: float(coef[index])
+            for name, index in vectorizer.vocabulary_.items()
+            if name.startswith(prefix)
+        }
+        index = vectorizer.vocabulary_.get("trip_distance")
+        self.distance_weight = 0.0 if index is None else float(coef[index])
+        self.intercept = float(np.asarray(regression.intercept_).ravel()[0])
+
+    def predict(
+        self, pu: Sequence[int], do: Sequence[int], distance: Sequence[float]
+    ) -> list[float]:
+        """Predict minutes for trips given as columns."""
+        weights, slope, intercept = self.pair_weights, self.distance_weight, self.intercept
+        return [
+            intercept + weights.get(f"{p}_{d}", 0.0) + slope * x
+            for p, d, x in zip(pu, do, distance, strict=True)
+        ]
+
+
 class TripModel:
     """A fitted pipeline and the card that describes it."""
 
     def __init__(self, pipeline: Pipeline, card: ModelCard) -> None:
         self._pipeline = pipeline
         self._card = card
+        vectorizer, regression = (step for _, step in pipeline.steps)
+        self._scorer = LinearScorer(vectorizer, regression)
 
     @property
     def version(self) -> str:
@@ -110,9 +145,8 @@ class TripModel:
     def predict_columns(
         self, pu: Sequence[int], do: Sequence[int], distance: Sequence[float]
     ) -> list[float]:
-        """Predict minutes for trips given as columns, in one call."""
-        rows = [trip_features(*trip) for trip in zip(pu, do, distance, strict=True)]
-        return self.predict_features(rows)
+        """Predict minutes for trips given as columns, with the compiled scorer (serving path)."""
+        return self._scorer.predict(pu, do, distance)
 
 
 def library_versions() -> dict[str, str]:

@@ -11,11 +11,12 @@ Results travel the other way through Celery's Redis result backend, which stores
 """
 
 import base64
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 RESULT_KEY_PREFIX = "celery-task-meta-"
 
@@ -42,7 +43,7 @@ def encode_task(
     origin: str,
 ) -> bytes:
     """Encode a task as the JSON envelope a Celery worker pops from the Redis list `queue`."""
-    body = json.dumps([args, kwargs, _NO_EMBED]).encode()
+    body = orjson.dumps([args, kwargs, _NO_EMBED])
     headers: dict[str, Any] = {
         "lang": "py",
         "task": task_name,
@@ -81,7 +82,7 @@ def encode_task(
         "headers": headers,
         "properties": properties,
     }
-    return json.dumps(envelope).encode()
+    return orjson.dumps(envelope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,5 +100,5 @@ class TaskOutcome:
 
 def decode_result(raw: bytes | str) -> TaskOutcome:
     """Decode the JSON a Celery result backend stores for a task."""
-    meta = json.loads(raw)
+    meta = orjson.loads(raw)
     return TaskOutcome(status=meta.get("status", ""), result=meta.get("result"))

@@ -59,7 +59,7 @@ async def predict_trip(request: Request) -> Response:
     request.state.request_id = trip.request_id
     jobs, settings = _services(request)
     try:
-        prediction = await jobs.predict(trip, settings.request_timeout_s)
+        answer = await jobs.predict(trip, settings.request_timeout_s)
     except TripqError as exc:
         logger.info(
             "predict",
@@ -69,23 +69,24 @@ async def predict_trip(request: Request) -> Response:
         )
         raise
     total_ms = _ms_since(started)
+    batch = answer.batch
     logger.info(
         "predict",
         request_id=trip.request_id,
         reply_code=int(ReplyCode.OK),
         total_ms=total_ms,
-        queue_ms=prediction.queue_ms,
-        inference_ms=prediction.inference_ms,
+        queue_ms=batch.queue_ms,
+        inference_ms=batch.inference_ms,
     )
     reply = {
         "reply_code": 0,
-        "request_id": prediction.request_id,
-        "duration": prediction.duration,
-        "model_version": prediction.model_version,
+        "request_id": trip.request_id,
+        "duration": answer.duration,
+        "model_version": batch.model_version,
         "timings": {
             "total_ms": total_ms,
-            "queue_ms": prediction.queue_ms,
-            "inference_ms": prediction.inference_ms,
+            "queue_ms": batch.queue_ms,
+            "inference_ms": batch.inference_ms,
         },
     }
     return Response(orjson.dumps(reply), media_type="application/json")

@@ -288,3 +288,22 @@ def test_committed_default_model_card_records_its_data_and_a_small_artifact() ->
     assert card.metrics["rmse"] == pytest.approx(7.7587, abs=5e-4)
     assert card.artifact_sha256 == sha256_file(model_dir / card.artifact)
     assert (model_dir / card.artifact).stat().st_size < 1_000_000
+
+
+def test_compiled_scorer_answers_as_the_pipeline_does() -> None:
+    model = load_model(REPO_ROOT / "repo" / "models" / "baseline-2021-01")
+    seen = ["130_250", "74_75", "41_42"]  # pairs the January data holds
+    trips = [
+        _trip(int(pair.split("_")[0]), int(pair.split("_")[1]), miles)
+        for pair in seen
+        for miles in (0.0, 1.7, 12.5)
+    ] + [_trip(pu, (pu * 7) % 265 + 1, pu / 10) for pu in range(1, 266)]
+
+    reference = model.predict_trips(trips)
+    compiled = model.predict_columns(
+        [t.PULocationID for t in trips],
+        [t.DOLocationID for t in trips],
+        [t.trip_distance for t in trips],
+    )
+
+    assert compiled == pytest.approx(reference, rel=1e-12, abs=1e-9)
