@@ -1,8 +1,10 @@
 # One-liners that mirror the README.
-.PHONY: run test lint
+.PHONY: run test lint bench
 run:
 	./boot/up.sh
 test:
 	./boot/test.sh
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy .
+bench:
+	.venv/bin/tripq bench

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from boot.cli_bench import bench
 from boot.cli_model import evaluate, train
 from boot.procs import ProcessGroup
 from config import Settings, get_settings
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.command(help="Train a model from NYC TLC trip files.")(train)
 app.command(help="Print a trained model's metrics on NYC TLC trip files.")(evaluate)
+app.command(help="Benchmark tripq beside the alternatives; writes bench/results/.")(bench)
 
 console = Console(stderr=True)
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")

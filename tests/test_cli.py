@@ -9,7 +9,7 @@ import redis
 
 from tests.support import START_TIMEOUT_S, Service, tripq_env, wait_until
 
-COMMANDS = ["up", "api", "worker", "workers", "predict", "train", "evaluate"]
+COMMANDS = ["up", "api", "worker", "workers", "predict", "train", "evaluate", "bench"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
