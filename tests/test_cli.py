@@ -19,7 +19,7 @@ def test_every_command_has_help(command: str, tmp_path: Path) -> None:
     )
 
     assert helper.finish(30) == 0
-    assert "Usage" in helper.log_tail()
+    assert "Usage" in helper.log_tail(chars=50_000)
 
 
 def test_worker_processes_start_heartbeat_and_stop_together(
