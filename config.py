@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -43,6 +43,23 @@ class Settings(BaseSettings):
     )
     batch_chunk_size: PositiveInt = Field(
         default=5000, description="Most trips of a /predict/batch request one task carries."
+    )
+    request_timeout_max_s: PositiveFloat = Field(
+        default=30.0, description="Cap on the deadline a client may ask for (X-Request-Timeout)."
+    )
+    max_pending_requests: PositiveInt = Field(
+        default=4096,
+        description="Trips one API process may hold waiting for answers; beyond it, 429.",
+    )
+    queue_max_depth: PositiveInt = Field(
+        default=2000, description="Tasks waiting in the queue beyond which the API answers 429."
+    )
+    max_body_bytes: PositiveInt = Field(
+        default=4 * 1024 * 1024, description="Largest request body accepted; larger ones, 413."
+    )
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated API keys for the predict endpoints; empty means open.",
     )
     result_ttl_s: PositiveInt = Field(
         default=600, description="How long an unread task result stays in Redis."
@@ -82,6 +99,13 @@ class Settings(BaseSettings):
         if url is not None and urlsplit(url).scheme not in REDIS_SCHEMES:
             raise ValueError(f"must be a Redis URL ({', '.join(REDIS_SCHEMES)}), got {url!r}")
         return url
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """The API keys the predict endpoints accept (empty: no key needed)."""
+        return frozenset(
+            k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()
+        )
 
     @property
     def broker_url(self) -> str:

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     BackendUnavailable,
@@ -16,6 +17,7 @@ from core.errors import (
     PredictionFailed,
     ReplyCode,
     TripqError,
+    Unauthorized,
 )
 from core.schemas import ErrorReply, FieldError
 
@@ -24,6 +26,7 @@ RETRY_AFTER_S = 1
 # Most specific first: a handler is looked up by the exception's class hierarchy.
 STATUS_OF: dict[type[TripqError], int] = {
     InvalidTrip: 400,
+    Unauthorized: 401,
     DeadlineExceeded: 504,
     Overloaded: 429,
     BackendUnavailable: 503,
@@ -35,6 +38,15 @@ STATUS_OF: dict[type[TripqError], int] = {
 # The error replies each predict endpoint documents in /docs.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorReply, "description": "The body failed validation (reply_code 1)."},
+    401: {
+        "model": ErrorReply,
+        "description": "API keys are configured and X-API-Key holds none of them (reply_code 6).",
+    },
+    413: {
+        "model": ErrorReply,
+        "description": "The body is larger than MAX_BODY_BYTES (reply_code 1).",
+    },
+    415: {"model": ErrorReply, "description": "The body is not JSON (reply_code 1)."},
     429: {
         "model": ErrorReply,
         "description": "Overloaded; retry after Retry-After (reply_code 4).",
@@ -51,13 +63,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def error_response(status: int, reply_code: ReplyCode, message: str, **fields: Any) -> JSONResponse:
     """Build an error reply; refusals that may pass carry Retry-After."""
     body = ErrorReply(reply_code=reply_code, message=message, **fields)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key"'
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error the app can raise to its documented reply."""
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     for error_class in STATUS_OF:
         app.add_exception_handler(error_class, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
@@ -73,6 +88,12 @@ def _field_error(error: Any) -> FieldError:
     # FastAPI prefixes body fields with "body"; clients know fields by their own names.
     location = [str(part) for part in error.get("loc", ()) if part != "body"]
     return FieldError(field=".".join(location) or "body", message=str(error.get("msg", "")))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Answer HTTP-level refusals (404, 405, 413, 415 ...) in tripq's error shape."""
+    code = ReplyCode.INVALID_REQUEST if exc.status_code < 500 else ReplyCode.SERVER_ERROR
+    return error_response(exc.status_code, code, str(exc.detail))
 
 
 async def _domain_error(request: Request, exc: TripqError) -> JSONResponse:

@@ -11,6 +11,7 @@ Each API process sends tasks without Celery's producer and awaits every result t
 subscription (see core.jobs); a request that outlives its deadline gets reply_code 2.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -20,10 +21,12 @@ from fastapi import FastAPI
 from loguru import logger
 
 from apps.errors import install_error_handlers
+from apps.middleware import BodySizeLimit
 from apps.routers import health, trip
 from config import Settings, get_settings
 from core.errors import ModelError
 from core.jobs import JobClient
+from core.limits import Admission, watch_queue_depth
 from core.logs import configure_logging
 from core.registry import read_card, resolve_model_dir
 from core.schemas import BatchRequest, TripRequest
@@ -55,14 +58,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             access_log=settings.api_access_log,
         )
         app.state.settings = settings
+        app.state.api_keys = settings.api_key_set
         app.state.model_version = serving_version(settings)
-        app.state.jobs = JobClient.from_settings(settings)
-        await app.state.jobs.start(wait_s=_SUBSCRIBE_WAIT_S)
+        app.state.jobs = jobs = JobClient.from_settings(settings)
+        app.state.admission = admission = Admission(
+            max_pending=settings.max_pending_requests, max_queue_depth=settings.queue_max_depth
+        )
+        await jobs.start(wait_s=_SUBSCRIBE_WAIT_S)
+        watcher = asyncio.create_task(watch_queue_depth(jobs.queue_depth, admission))
         logger.info("api ready", model_version=app.state.model_version)
         try:
             yield
         finally:
-            await app.state.jobs.close()
+            watcher.cancel()
+            await jobs.close()
 
     app = FastAPI(
         title="tripq",
@@ -71,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=__doc__,
         lifespan=lifespan,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(trip.router)
     app.include_router(health.router)

@@ -5,6 +5,7 @@
     ├── DeadlineExceeded           reply_code 2  no answer within the request's deadline
     ├── Overloaded                 reply_code 4  tripq refuses new work for now
     ├── BackendUnavailable         reply_code 5  Redis does not answer
+    ├── Unauthorized               reply_code 6  no valid API key
     ├── PredictionFailed           reply_code 3  the worker raised while predicting
     └── ModelError                 reply_code 5  no usable model
         └── InvalidArtifact                      an artifact failed its hash or schema check
@@ -24,6 +25,7 @@ class ReplyCode(IntEnum):
     SERVER_ERROR = 3  # tripq failed while answering
     OVERLOADED = 4  # too much queued work; retry after the Retry-After header
     UNAVAILABLE = 5  # Redis or the model is unavailable; retry after the Retry-After header
+    UNAUTHORIZED = 6  # the predict endpoints require an API key and none valid was sent
 
 
 class TripqError(Exception):
@@ -58,6 +60,12 @@ class BackendUnavailable(TripqError):
     """Redis (broker or result backend) did not answer in time."""
 
     reply_code = ReplyCode.UNAVAILABLE
+
+
+class Unauthorized(TripqError):
+    """The request carries no valid API key."""
+
+    reply_code = ReplyCode.UNAUTHORIZED
 
 
 class PredictionFailed(TripqError):

@@ -212,6 +212,13 @@ class JobClient:
             return False
         return True
 
+    async def queue_depth(self) -> int:
+        """Count the tasks waiting in the queue."""
+        try:
+            return int(await self._broker.llen(self._queue))
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable("the broker is not reachable") from exc
+
     async def workers(self, ttl_s: float) -> list[WorkerInfo]:
         """List the workers whose heartbeat is younger than `ttl_s`."""
         now = time.time()

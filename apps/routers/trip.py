@@ -6,19 +6,22 @@ re-validation this halves the API's CPU per request, and the API process is what
 throughput. The request models are still published in /docs (see apps.main).
 """
 
+import math
 import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from apps.errors import ERROR_RESPONSES
 from config import Settings
-from core.errors import ReplyCode, TripqError
+from core.errors import InvalidTrip, ReplyCode, TripqError, Unauthorized
 from core.jobs import JobClient
+from core.limits import Admission
 from core.schemas import BatchReply, TripReply, TripRequest
 from core.trip_batch import parse_trip_batch
 
@@ -31,10 +34,40 @@ def _json_body(model_name: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _services(request: Request) -> tuple[JobClient, Settings]:
-    # Read from app state rather than declared as dependencies: FastAPI's dependency solving
-    # costs more per request than everything tripq itself does on this path.
-    return request.app.state.jobs, request.app.state.settings
+def _admit(request: Request) -> tuple[JobClient, Admission, float]:
+    """Check what every predict request must pass before its body is read; return its deadline.
+
+    Reads app state rather than declared dependencies: FastAPI's dependency solving costs more
+    per request than everything tripq itself does on this path.
+    """
+    settings: Settings = request.app.state.settings
+    headers = request.headers
+    keys = request.app.state.api_keys
+    if keys and headers.get("x-api-key") not in keys:
+        raise Unauthorized("X-API-Key: missing or not valid")
+    content_type = headers.get("content-type")
+    if content_type is not None and not _is_json(content_type):
+        raise HTTPException(415, f"content-type: expected application/json, got {content_type}")
+    return request.app.state.jobs, request.app.state.admission, _deadline(headers, settings)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _deadline(headers: Headers, settings: Settings) -> float:
+    """Read the client's X-Request-Timeout (seconds), capped by config; else the default."""
+    asked = headers.get("x-request-timeout")
+    if asked is None:
+        return settings.request_timeout_s
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidTrip(f"X-Request-Timeout: must be a positive number of seconds, got {asked!r}")
+    return min(seconds, settings.request_timeout_max_s)
 
 
 @router.post(
@@ -52,14 +85,15 @@ async def predict_trip(request: Request) -> Response:
     success; every other code is documented below.
     """
     started = time.perf_counter()
+    jobs, admission, timeout_s = _admit(request)
     try:
         trip = TripRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     request.state.request_id = trip.request_id
-    jobs, settings = _services(request)
     try:
-        answer = await jobs.predict(trip, settings.request_timeout_s)
+        with admission.hold():
+            answer = await jobs.predict(trip, timeout_s)
     except TripqError as exc:
         logger.info(
             "predict",
@@ -106,9 +140,11 @@ async def predict_trip_batch(request: Request) -> Response:
     504/503/500 when no prediction could be made.
     """
     started = time.perf_counter()
+    jobs, admission, timeout_s = _admit(request)
     trips, refused = parse_trip_batch(await request.body())
-    jobs, settings = _services(request)
-    answers = await jobs.predict_many(trips, settings.request_timeout_s, settings.batch_chunk_size)
+    chunk_size = request.app.state.settings.batch_chunk_size
+    with admission.hold(len(trips)):
+        answers = await jobs.predict_many(trips, timeout_s, chunk_size)
     durations = iter([d for answer in answers for d in answer.durations])
     valid = iter(trips)
     replies: list[dict[str, Any]] = []

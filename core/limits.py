@@ -1,0 +1,52 @@
+"""Admission control: an API process refuses new work it could not answer in time.
+
+Two bounds, both cheap to check per request:
+
+- the trips this process already holds waiting for answers (`max_pending`), so a slow fleet
+  cannot make one process pile up requests without bound;
+- the depth of the shared task queue in Redis (`max_queue_depth`), read in the background a few
+  times a second, so all API processes stop feeding a queue the workers cannot drain.
+
+A refused request gets Overloaded (429 with Retry-After) at once instead of a timeout later.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+from core.errors import BackendUnavailable, Overloaded
+
+QUEUE_POLL_S = 0.1
+
+
+class Admission:
+    """Count the work one API process holds and refuse what exceeds its bounds."""
+
+    def __init__(self, *, max_pending: int, max_queue_depth: int) -> None:
+        self.max_pending = max_pending
+        self.max_queue_depth = max_queue_depth
+        self.pending = 0
+        self.queue_depth = 0  # as last read from Redis
+
+    @contextmanager
+    def hold(self, trips: int = 1) -> Iterator[None]:
+        """Admit `trips` for the duration of the block, or raise Overloaded."""
+        if self.queue_depth >= self.max_queue_depth:
+            raise Overloaded(f"the queue holds {self.queue_depth} tasks; retry shortly")
+        if self.pending + trips > self.max_pending:
+            raise Overloaded("this API process holds as much work as it may; retry shortly")
+        self.pending += trips
+        try:
+            yield
+        finally:
+            self.pending -= trips
+
+
+async def watch_queue_depth(read_depth: Callable[[], Awaitable[int]], admission: Admission) -> None:
+    """Keep `admission.queue_depth` current; a Redis outage leaves the last reading."""
+    while True:
+        # In an outage the last reading stands; requests meet the outage themselves, as 503s.
+        with contextlib.suppress(BackendUnavailable):
+            admission.queue_depth = await read_depth()
+        await asyncio.sleep(QUEUE_POLL_S)
