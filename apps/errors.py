@@ -93,7 +93,9 @@ def _field_error(error: Any) -> FieldError:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Answer HTTP-level refusals (404, 405, 413, 415 ...) in tripq's error shape."""
     code = ReplyCode.INVALID_REQUEST if exc.status_code < 500 else ReplyCode.SERVER_ERROR
-    return error_response(exc.status_code, code, str(exc.detail))
+    response = error_response(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
+    return response
 
 
 async def _domain_error(request: Request, exc: TripqError) -> JSONResponse:

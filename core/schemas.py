@@ -2,7 +2,15 @@
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    model_validator,
+)
 
 from core.errors import ReplyCode
 
@@ -17,22 +25,55 @@ EXAMPLE_TRIP: dict[str, JsonValue] = {
 }
 
 
+MAX_INTEGER_ID = 10**18 - 1
+
+
+def _integer_id_as_text(value: object) -> object:
+    # The older service accepted integer ids; they are echoed back as strings. JSON Schema counts
+    # 7.0 as an integer too.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INTEGER_ID:
+        return str(value)
+    return value
+
+
+def _not_a_boolean(value: object) -> object:
+    # JSON true/false would otherwise pass as 1/0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+RequestId = Annotated[
+    str,
+    BeforeValidator(_integer_id_as_text),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 128},
+                {"type": "integer", "minimum": -MAX_INTEGER_ID, "maximum": MAX_INTEGER_ID},
+            ]
+        }
+    ),
+]
+Zone = Annotated[int, BeforeValidator(_not_a_boolean)]
+Miles = Annotated[float, BeforeValidator(_not_a_boolean)]
+
+
 class TripRequest(BaseModel):
     """One trip to predict, in the contract of the older service."""
 
-    model_config = ConfigDict(
-        coerce_numbers_to_str=True,
-        json_schema_extra={"examples": [EXAMPLE_TRIP]},
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TRIP]})
 
-    request_id: str = Field(
+    request_id: RequestId = Field(
         min_length=1,
         max_length=128,
         description="The caller's id for this request, echoed in the reply; integers are accepted.",
     )
-    PULocationID: int = Field(ge=ZONE_MIN, le=ZONE_MAX, description="TLC pickup zone id.")
-    DOLocationID: int = Field(ge=ZONE_MIN, le=ZONE_MAX, description="TLC drop-off zone id.")
-    trip_distance: float = Field(
+    PULocationID: Zone = Field(ge=ZONE_MIN, le=ZONE_MAX, description="TLC pickup zone id.")
+    DOLocationID: Zone = Field(ge=ZONE_MIN, le=ZONE_MAX, description="TLC drop-off zone id.")
+    trip_distance: Miles = Field(
         ge=0.0,
         le=MAX_TRIP_MILES,
         allow_inf_nan=False,
