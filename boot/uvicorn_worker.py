@@ -13,4 +13,6 @@ class TripqUvicornWorker(UvicornWorker):  # type: ignore[misc]
         "http": "httptools",
         "lifespan": "on",
         "access_log": get_settings().api_access_log,
+        # Replies name no server software (nor its version).
+        "server_header": False,
     }
