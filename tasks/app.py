@@ -2,13 +2,34 @@
 
 from celery import Celery
 
-from config import get_settings
+from config import Settings, get_settings
 
 settings = get_settings()
 
 # Kombu's Redis transport polls with BRPOP for about a second; a socket timeout below that would
 # turn every idle poll into a connection error.
 _BROKER_SOCKET_TIMEOUT_S = max(settings.redis_socket_timeout_s, 5.0)
+
+# Slack on top of the longest deadline: a task that starts just before its expiry still runs (a
+# few milliseconds; more on a starved CPU) before it is acknowledged.
+VISIBILITY_MARGIN_S = 5.0
+# A sweep that holds kombu's restore mutex and dies leaves it locked this long (seconds, an int
+# for Redis's EX); kombu's default, 300 s, would stop all restores for five minutes. A shorter one
+# is safe: each message is restored in a transaction that no second sweeper can repeat.
+_RESTORE_MUTEX_EXPIRE_S = 5
+
+
+def visibility_timeout_s(settings: Settings) -> float:
+    """Say how long a taken task may stay unacknowledged before it goes back to its queue.
+
+    Sized against the longest task: every task expires with its request's deadline, at most
+    REQUEST_TIMEOUT_MAX_S after it was sent, and a worker that takes it later discards it at
+    once. So a live worker never holds a task longer than that plus the margin, and only the
+    tasks of a dead worker are given back (see tasks.worker). Shorter, a slow worker's tasks
+    would run twice; longer (kombu's default is an hour), a dead worker's would wait for it.
+    """
+    return settings.request_timeout_max_s + VISIBILITY_MARGIN_S
+
 
 app = Celery(
     "tripq",
@@ -28,7 +49,9 @@ app.conf.update(
     # One result backend (and Redis connection pool) per process. By default Celery keeps one per
     # thread, and under gevent every greenlet is a thread: each task would open a new connection.
     result_backend_thread_safe=True,
-    # A task is acknowledged after it ran, and given back to the queue if its worker dies mid-task.
+    # A task is acknowledged after it ran, and given back to the queue if its worker dies
+    # mid-task: at once when a pool child dies (reject_on_worker_lost, for a prefork pool), and
+    # after the visibility timeout when the worker process itself is killed (tasks.worker).
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # No prefetch limit: the gevent pool itself blocks the consumer when all greenlets are busy.
@@ -40,12 +63,18 @@ app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
     broker_connection_retry_on_startup=True,
+    # Retry a lost broker for as long as it takes (Celery's default gives up after 100 attempts
+    # and the worker exits), every second rather than backing off to 30 s (tasks.worker).
+    broker_connection_max_retries=None,
+    worker_consumer="tasks.worker:PromptReconnectConsumer",
     broker_connection_timeout=settings.redis_connect_timeout_s,
     broker_transport_options={
         "socket_connect_timeout": settings.redis_connect_timeout_s,
         "socket_timeout": _BROKER_SOCKET_TIMEOUT_S,
         "socket_keepalive": True,
         "retry_on_timeout": True,
+        "visibility_timeout": visibility_timeout_s(settings),
+        "unacked_mutex_expire": _RESTORE_MUTEX_EXPIRE_S,
     },
     redis_socket_connect_timeout=settings.redis_connect_timeout_s,
     redis_socket_timeout=settings.redis_socket_timeout_s,

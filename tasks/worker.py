@@ -1,12 +1,22 @@
-"""A worker's lifecycle: logging at boot, model and heartbeat once ready, a goodbye at exit."""
+"""A worker's lifecycle: logging at boot, model and heartbeat once ready, a goodbye at exit.
 
+Once ready, a worker also sweeps the broker for messages that a dead worker took and never
+acknowledged, and gives them back to their queue (see `_restore_abandoned`).
+"""
+
+import functools
 import logging
 import threading
 import time
 from typing import Any
 
+import gevent
 import redis
 from celery.signals import setup_logging, worker_ready, worker_shutdown
+from celery.worker.consumer import Consumer
+from gevent import monkey
+from kombu.exceptions import OperationalError
+from kombu.utils import functional as kombu_functional
 from loguru import logger
 
 from config import get_settings
@@ -20,6 +30,47 @@ settings = get_settings()
 model_holder = ModelHolder(settings.artifact_dir, settings.serving_version)
 
 _stop = threading.Event()
+
+# How often a worker looks for tasks abandoned by a dead worker: three cheap Redis round trips.
+RESTORE_EVERY_S = 2.0
+# Longest wait between two attempts to reach a lost broker (see PromptReconnectConsumer).
+RECONNECT_EVERY_S = 1.0
+
+
+def _make_kombu_retries_cooperative() -> None:
+    """Let kombu's retry loop wait as a greenlet under gevent, not as the whole process.
+
+    With `--pool gevent` Celery monkey-patches at start-up, and gevent, while it patches
+    threading, looks at Celery's lazy objects, which imports kombu before `time` is patched:
+    kombu's retry loop (every broker reconnect, and the sweep below) keeps the blocking
+    time.sleep. Each second it waited froze the whole worker, heartbeat and running tasks
+    included, and a sweep's two-second wait delayed the consumer's reconnect after a Redis restart.
+    """
+    if monkey.is_module_patched("time"):
+        kombu_functional.sleep = gevent.sleep  # type: ignore[attr-defined]
+
+
+_make_kombu_retries_cooperative()
+
+
+class PromptReconnectConsumer(Consumer):  # type: ignore[misc]
+    """Celery's task consumer, retrying a lost broker every second rather than backing off to 30 s.
+
+    Celery reconnects with kombu's default schedule (2, 4, 6 ... up to 30 s between attempts)
+    and has no setting for it, so after a Redis restart a worker came back seconds after the API
+    did, and up to 30 s after a long outage, while the API queued tasks nobody took. A connect
+    attempt costs one refused or timed-out socket (REDIS_CONNECT_TIMEOUT_S), so try every second.
+    """
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Connect `conn` as Celery does, on tripq's retry schedule."""
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=RECONNECT_EVERY_S / 2,
+            interval_step=RECONNECT_EVERY_S / 2,
+            interval_max=RECONNECT_EVERY_S,
+        )
+        return super().ensure_connected(conn)
 
 
 @setup_logging.connect  # type: ignore[untyped-decorator]
@@ -52,6 +103,9 @@ def _on_ready(sender: Any, **_: Any) -> None:
     # A native thread under a non-gevent pool; a greenlet under gevent (threading is patched).
     threading.Thread(
         target=_beat, args=(name, concurrency), name="tripq-heartbeat", daemon=True
+    ).start()
+    threading.Thread(
+        target=_restore_abandoned, args=(sender.app,), name="tripq-restore", daemon=True
     ).start()
 
 
@@ -87,3 +141,33 @@ def _beat(name: str, concurrency: int) -> None:
         except redis.RedisError as exc:
             logger.warning("heartbeat failed", worker=name, error=str(exc))
         _stop.wait(settings.worker_heartbeat_s)
+
+
+def _restore_abandoned(app: Any) -> None:
+    """Put back on their queue the tasks left unacknowledged past the visibility timeout.
+
+    Kombu's Redis transport keeps every message a worker has taken in the `unacked` hash until
+    the worker acknowledges it (after the task ran: acks_late), and puts back those older than
+    `visibility_timeout`, so that the tasks of a SIGKILLed worker are not lost. But it sweeps
+    only from a prefork worker's event loop, or when a blocking poll finds nothing to read,
+    which never happens to a gevent worker: its BRPOP answers every second, empty or not. A
+    killed worker's tasks stayed in `unacked` for good. Every worker therefore sweeps here, with
+    kombu's own `restore_visible`; its Redis mutex and per-message transaction keep two workers
+    from putting one message back twice.
+    """
+    connection = app.connection_for_read()
+    try:
+        while not _stop.wait(RESTORE_EVERY_S):
+            try:
+                connection.default_channel.qos.restore_visible(num=None, interval=1)
+            except _restore_errors(connection) as exc:
+                # The consumer reconnects on its own; this loop tries again next round.
+                logger.warning("could not restore abandoned tasks", error=str(exc))
+                connection.collect()
+    finally:
+        connection.release()
+
+
+def _restore_errors(connection: Any) -> tuple[type[BaseException], ...]:
+    """Name the errors of an unreachable broker: kombu's own, and its transport's."""
+    return (OperationalError, *connection.connection_errors, *connection.channel_errors)

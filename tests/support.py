@@ -1,14 +1,18 @@
 """Helpers that run real tripq processes for the tests: workers, the API, bounded waits."""
 
+import asyncio
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -137,3 +141,229 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[Service, str]:
 
     wait_until(answers, START_TIMEOUT_S, "the API to answer /health")
     return api, base
+
+
+class WorkerProcess(Service):
+    """One Celery worker process, run with the command line `tripq worker` gives its child `index`.
+
+    `tripq worker --processes N` supervises its children and stops them all when one exits, and
+    `--processes 1` names every worker `trip1@<host>`. A test that kills one of several workers
+    runs them as containers do: each process on its own, each with a name of its own.
+    """
+
+    def __init__(self, index: int, env: dict[str, str], log_dir: Path, concurrency: int) -> None:
+        # Imported here: boot.cli pulls in the CLI's dependencies, which most tests never need.
+        from boot.cli import worker_argv
+        from config import Settings
+
+        settings = Settings.model_validate({"log_level": env.get("LOG_LEVEL", "INFO")})
+        self.name = f"worker-trip{index}-{time.monotonic_ns()}"
+        self.hostname = f"trip{index}@{socket.gethostname()}"
+        self.started_at = time.time()
+        self.log_path = log_dir / f"{self.name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            worker_argv(settings, index, concurrency),
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def heartbeat_since(client: redis.Redis, hostname: str, since: float) -> bool:
+    """Tell whether worker `hostname` has beaten since `since` (epoch s) and holds a model."""
+    seen = client.zscore("tripq:workers", hostname)
+    info = client.hget("tripq:workers:info", hostname)
+    return seen is not None and seen >= since and info is not None and b'"model_version": "' in info
+
+
+def start_workers(
+    env: dict[str, str], log_dir: Path, indices: list[int], concurrency: int = 8
+) -> list[WorkerProcess]:
+    """Start one worker process per index at once; wait until each holds a model and beats."""
+    workers = [WorkerProcess(index, env, log_dir, concurrency) for index in indices]
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    try:
+
+        def all_ready() -> bool:
+            for worker in workers:
+                if not worker.alive():
+                    pytest.fail(f"worker exited at start:\n{worker.log_tail()}")
+            return all(heartbeat_since(client, w.hostname, w.started_at) for w in workers)
+
+        wait_until(all_ready, START_TIMEOUT_S, f"workers {indices} to load their model")
+    except BaseException:
+        for worker in workers:
+            worker.stop()
+        raise
+    finally:
+        client.close()
+    return workers
+
+
+def start_api_processes(env: dict[str, str], log_dir: Path, processes: int) -> tuple[Service, str]:
+    """Start the API under gunicorn with `processes` uvicorn workers; return it and its base URL."""
+    port = free_port()
+    api = Service(
+        f"api-{port}",
+        ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(processes)],
+        env,
+        log_dir,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if not api.alive():
+            pytest.fail(f"API exited at start:\n{api.log_tail()}")
+        try:
+            return httpx.get(f"{base}/health", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, START_TIMEOUT_S, "the API to answer /health")
+    except BaseException:
+        api.stop()
+        raise
+    return api, base
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one request of a load got, and when."""
+
+    trip: dict[str, Any]
+    sent_at: float  # time.monotonic() when it was sent
+    latency_s: float
+    status: int | None  # None: no HTTP reply at all (the connection failed)
+    body: dict[str, Any] | None
+    retry_after: str | None
+    error: str | None  # the transport error's class, when status is None
+
+    @property
+    def kind(self) -> str:
+        """Classify the reply: ok, timeout, unavailable; anything else describes itself."""
+        code = self.body.get("reply_code") if self.body else None
+        if self.status == 200 and code == 0:
+            return "ok"
+        if self.status == 504 and code == 2:
+            return "timeout"
+        if self.status == 503 and code == 5 and self.retry_after:
+            return "unavailable"
+        if self.status is None:
+            return f"connection error ({self.error})"
+        return f"HTTP {self.status} {self.body}"
+
+
+class Load:
+    """POST trips to /v1/trip/predict from `concurrency` clients on a thread of their own.
+
+    The clients share one connection pool (keep-alive, as real clients) and take the trips in
+    turn, each pausing `pause_s` after its reply, until every trip is sent, or forever when
+    `repeat`, until `stop()`. Every outcome is kept, in the order the replies came.
+    """
+
+    def __init__(
+        self,
+        base: str,
+        trips: list[dict[str, Any]],
+        *,
+        concurrency: int,
+        timeout_s: float,
+        pause_s: float = 0.0,
+        repeat: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.outcomes: list[Outcome] = []
+        self._base = base
+        self._trips = itertools.cycle(trips) if repeat else iter(trips)
+        self._concurrency = concurrency
+        self._timeout_s = timeout_s
+        self._pause_s = pause_s
+        self._headers = headers or {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._thread.join(self._timeout_s + STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """Send no more requests; those in flight still get their outcome."""
+        self._stop.set()
+
+    def wait(self, timeout_s: float) -> list[Outcome]:
+        """Wait until every trip is answered (fail the test after `timeout_s`); the outcomes."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            pytest.fail(f"the load did not finish within {timeout_s:g} s")
+        return self.outcomes
+
+    def sent_since(self, since: float) -> list[Outcome]:
+        """The outcomes of the requests sent at or after `since` (time.monotonic())."""
+        return [o for o in self.outcomes if o.sent_at >= since]
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(
+            max_connections=self._concurrency, max_keepalive_connections=self._concurrency
+        )
+        async with httpx.AsyncClient(
+            base_url=self._base, timeout=self._timeout_s, limits=limits, headers=self._headers
+        ) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(self._concurrency)))
+
+    async def _client(self, client: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            trip = next(self._trips, None)
+            if trip is None:
+                return
+            self.outcomes.append(await self._send(client, trip))
+            if self._pause_s:
+                await asyncio.sleep(self._pause_s)
+
+    @staticmethod
+    async def _send(client: httpx.AsyncClient, trip: dict[str, Any]) -> Outcome:
+        sent_at = time.monotonic()
+        try:
+            reply = await client.post("/v1/trip/predict", json=trip)
+        except httpx.TransportError as exc:
+            latency = time.monotonic() - sent_at
+            return Outcome(trip, sent_at, latency, None, None, None, type(exc).__name__)
+        latency = time.monotonic() - sent_at
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
+        retry_after = reply.headers.get("retry-after")
+        return Outcome(trip, sent_at, latency, reply.status_code, body, retry_after, None)
+
+
+def varied_trips(count: int, prefix: str = "r") -> list[dict[str, Any]]:
+    """Trips whose zones and distances all differ, each with its own request id."""
+    return [
+        {
+            "request_id": f"{prefix}{i}",
+            "PULocationID": 1 + (i * 7) % 265,
+            "DOLocationID": 1 + (i * 13) % 265,
+            "trip_distance": round(0.3 + (i % 5000) * 0.01, 2),
+        }
+        for i in range(count)
+    ]
+
+
+def latency_summary(outcomes: list[Outcome]) -> str:
+    """Describe the latencies of `outcomes`: p50, p99 and max, in milliseconds."""
+    if not outcomes:
+        return "no requests"
+    ordered = sorted(o.latency_s for o in outcomes)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {ordered[-1] * 1000:.1f} ms"

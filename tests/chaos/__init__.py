@@ -1,0 +1,1 @@
+"""Chaos tests: real processes killed, stopped and restarted under load (issue #4)."""

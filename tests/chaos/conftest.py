@@ -1,0 +1,123 @@
+"""What the chaos tests share: their scale, the model to check answers with, and their figures.
+
+    .venv/bin/pytest tests/chaos -q                   # short form (CI)
+    CHAOS_FULL=1 .venv/bin/pytest tests/chaos -q      # full form: longer loads and outages
+
+Both forms print what they measured in a "chaos figures" section at the end of the run. Every
+process a test starts is real (Redis, `tripq api`, Celery workers) and stopped by that test; the
+tests that stop Redis run their own server, never the session's.
+"""
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from _pytest.terminal import TerminalReporter
+
+from config import PROJECT_ROOT
+from core.model import TripModel, load_model
+from core.redis_server import EmbeddedRedis
+from core.registry import resolve_model_dir
+from tests.support import Outcome, free_port
+
+FULL = os.environ.get("CHAOS_FULL", "") not in ("", "0")
+
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How hard the chaos tests push: short for CI, longer with CHAOS_FULL=1."""
+
+    full: bool
+    concurrency: int  # clients of every load
+    kill_requests: int  # requests of the load a worker is SIGKILLed in
+    outage_requests: int  # requests answered while Redis is down
+    after_kill_requests: int  # requests answered after an API process is SIGKILLed
+
+
+@pytest.fixture(scope="session")
+def scale() -> Scale:
+    """The scale of this run."""
+    if FULL:
+        return Scale(
+            full=True,
+            concurrency=16,
+            kill_requests=3000,
+            outage_requests=1000,
+            after_kill_requests=3000,
+        )
+    return Scale(
+        full=False, concurrency=16, kill_requests=300, outage_requests=100, after_kill_requests=300
+    )
+
+
+@pytest.fixture(scope="session")
+def model() -> TripModel:
+    """The default model, loaded here to check the service's answers."""
+    return load_model(resolve_model_dir(PROJECT_ROOT / "repo" / "models", None))
+
+
+@pytest.fixture(scope="session")
+def wrong_durations(model: TripModel) -> Callable[[list[Outcome]], list[Outcome]]:
+    """Pick, among successful outcomes, those whose duration is not the model's own answer."""
+
+    def wrong(outcomes: list[Outcome]) -> list[Outcome]:
+        ok = [o for o in outcomes if o.kind == "ok"]
+        if not ok:
+            return []
+        expected = model.predict_columns(
+            [o.trip["PULocationID"] for o in ok],
+            [o.trip["DOLocationID"] for o in ok],
+            [o.trip["trip_distance"] for o in ok],
+        )
+        return [
+            o
+            for o, duration in zip(ok, expected, strict=True)
+            if o.body is None
+            or o.body["request_id"] != o.trip["request_id"]
+            or abs(o.body["duration"] - duration) > 1e-9 * max(1.0, abs(duration))
+        ]
+
+    return wrong
+
+
+@pytest.fixture
+def flushed_db(redis_client: redis.Redis) -> redis.Redis:
+    """The module's Redis database, emptied of what earlier tests left (queue, unacked tasks)."""
+    redis_client.flushdb()
+    return redis_client
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, append-only, on a port it keeps when restarted."""
+    server = EmbeddedRedis(free_port(), tmp_path / "redis", appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a figure this test measured, printed at the end of the run."""
+    lines = request.config.stash.setdefault(_FIGURES, [])
+    name = request.node.name
+
+    def record(text: str) -> None:
+        lines.append(f"{name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
+    """Print the figures the chaos tests measured."""
+    lines = config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.section(f"chaos figures ({'full' if FULL else 'short'} form)")
+        for line in lines:
+            terminalreporter.write_line(line)

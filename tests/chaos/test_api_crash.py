@@ -1,0 +1,126 @@
+"""One API process SIGKILLed under load: the other keeps serving, and gunicorn replaces it.
+
+Only the requests on the killed process's connections fail (the connection drops: a client sees
+it at once and may retry); every other request is answered, and within a few seconds gunicorn
+runs two processes again, each listening for its results.
+"""
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import psutil
+import redis
+
+from core.redis_server import EmbeddedRedis
+from tests.chaos.conftest import Scale
+from tests.support import (
+    Load,
+    Outcome,
+    Service,
+    latency_summary,
+    start_api_processes,
+    start_workers,
+    tripq_env,
+    varied_trips,
+    wait_until,
+)
+
+DEADLINE_S = 2.0
+SLACK_S = 1.0
+REPLACED_WITHIN_S = 20.0
+
+
+def api_processes(api: Service) -> set[int]:
+    """The pids of gunicorn's live worker processes."""
+    return {
+        p.pid
+        for p in psutil.Process(api.process.pid).children()
+        if p.status() != psutil.STATUS_ZOMBIE
+    }
+
+
+def listeners(client: redis.Redis) -> set[int]:
+    """Name the Redis connections that hold a result subscription: one per API process up."""
+    return {int(c["id"]) for c in client.client_list() if int(c.get("psub", 0)) > 0}
+
+
+def test_api_process_sigkill_fails_only_its_own_connections_and_gunicorn_replaces_it(
+    own_redis: EmbeddedRedis,
+    log_dir: Path,
+    scale: Scale,
+    wrong_durations: Callable[[list[Outcome]], list[Outcome]],
+    figures: Callable[[str], None],
+) -> None:
+    env = tripq_env(
+        own_redis.url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
+    )
+    with ExitStack() as processes:
+        client = redis.Redis.from_url(own_redis.url)
+        processes.callback(client.close)
+        (worker,) = start_workers(env, log_dir, [1])
+        processes.callback(worker.stop)
+        api, base = start_api_processes(env, log_dir, 2)
+        processes.callback(api.stop)
+
+        wait_until(
+            lambda: len(api_processes(api)) == 2 and len(listeners(client)) == 2,
+            30,
+            "two API processes listening for results",
+        )
+        before = api_processes(api)
+        listening_before = listeners(client)
+        with Load(
+            base,
+            varied_trips(1000),
+            repeat=True,
+            concurrency=scale.concurrency,
+            timeout_s=DEADLINE_S + 10,
+        ) as load:
+            wait_until(lambda: len(load.outcomes) >= 100, 30, "the API to answer")
+            victim = psutil.Process(min(before))
+            victim.kill()
+            killed_at = time.monotonic()
+            victim.wait(10)
+
+            def replaced() -> bool:
+                now = api_processes(api)
+                subscribed = listeners(client) - listening_before
+                return len(now) == 2 and victim.pid not in now and bool(subscribed)
+
+            wait_until(replaced, REPLACED_WITHIN_S, "gunicorn to replace the killed process")
+            replaced_at = time.monotonic()
+            wait_until(
+                lambda: len(load.sent_since(replaced_at)) >= scale.after_kill_requests,
+                120,
+                "requests after the replacement",
+            )
+        outcomes = load.outcomes
+
+        failed = [o for o in outcomes if o.status is None]
+        served = [o for o in outcomes if o.status is not None]
+        meanwhile = [o for o in served if killed_at <= o.sent_at < replaced_at]
+        figures(
+            f"{len(outcomes)} requests at {scale.concurrency} clients, one of 2 API processes "
+            f"SIGKILLed: {len(failed)} connection errors "
+            f"({dict(Counter(o.error for o in failed))}), "
+            f"{dict(Counter(o.kind for o in served))} otherwise"
+        )
+        figures(
+            f"replaced and listening after {replaced_at - killed_at:.2f} s, during which "
+            f"{len(meanwhile)} requests were answered; {latency_summary(served)}"
+        )
+        # Only connections to the killed process fail: at most one per client, around the kill.
+        assert len(failed) <= scale.concurrency
+        assert all(
+            killed_at - DEADLINE_S - SLACK_S <= o.sent_at <= killed_at + SLACK_S for o in failed
+        )
+        assert {o.kind for o in served} == {"ok"}
+        assert wrong_durations(served) == []
+        assert max(o.latency_s for o in outcomes) <= DEADLINE_S + SLACK_S
+        # The other process served while gunicorn replaced the killed one (when that took time).
+        assert meanwhile or replaced_at - killed_at < 0.5
+        assert api.alive()
+        assert worker.alive()
