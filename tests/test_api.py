@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,24 +11,9 @@ from config import PROJECT_ROOT
 from core.model import TripModel, load_model
 from core.registry import resolve_model_dir
 from core.schemas import TripRequest
-from tests.support import Service, start_api, start_worker, tripq_env, wait_until
+from tests.support import Service, tripq_env, wait_until
 
 TRIP = {"request_id": "99999", "PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
-
-
-@pytest.fixture(scope="module")
-def platform(redis_url: str, log_dir: Path) -> Iterator[str]:
-    """Run one worker and the API against the module's Redis; yield the API's base URL."""
-    env = tripq_env(redis_url, log_dir)
-    worker = start_worker(env, log_dir)
-    api: Service | None = None
-    try:
-        api, base = start_api(env, log_dir)
-        yield base
-    finally:
-        if api is not None:
-            api.stop()
-        worker.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,11 @@ that match the documented schema, invalid requests refused.
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-
-from tests.support import Service, start_api, start_worker, tripq_env
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 COMMON = ["--checks", "all", "--max-examples", "80", "--seed", "20261122", "--no-color"]
 COMMON += ["--request-timeout", "15"]
-
-
-@pytest.fixture(scope="module")
-def platform(redis_url: str, log_dir: Path) -> Iterator[str]:
-    """Run one worker and the API against the module's Redis; yield the API's base URL."""
-    env = tripq_env(redis_url, log_dir)
-    worker = start_worker(env, log_dir)
-    api: Service | None = None
-    try:
-        api, base = start_api(env, log_dir)
-        yield base
-    finally:
-        if api is not None:
-            api.stop()
-        worker.stop()
 
 
 def fuzz(base: str, *options: str) -> subprocess.CompletedProcess[str]:
