@@ -40,6 +40,11 @@ PREDICT_BATCH_TASK = "tasks.trip.tasks.predict_batch"
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _DELETE_EVERY_S = 0.1
 _CONFIRM_S = 5.0
+# A Redis that is down closes its connections, which every client sees at once; a frozen one (a
+# stalled host, a network partition) says nothing. Each send is bounded, and a watcher pings the
+# broker so that requests are refused at once, not each after its own bounded wait.
+_SEND_TIMEOUT_S = 1.0
+_WATCH_EVERY_S = 0.25
 
 
 class TripAnswer(NamedTuple):
@@ -84,6 +89,7 @@ class JobClient:
         self._pending: dict[str, asyncio.Future[protocol.TaskOutcome]] = {}
         self._read_keys: list[str] = []
         self._subscribed = asyncio.Event()
+        self._broker_answers = True
         self._tasks: list[asyncio.Task[None]] = []
         self._batcher: MicroBatcher[TripRequest, TripAnswer] = MicroBatcher(
             self._predict_batch, max_batch=batch_max_size, max_in_flight=batch_max_in_flight
@@ -103,15 +109,16 @@ class JobClient:
         )
 
     @property
-    def listening(self) -> bool:
-        """Tell whether the result subscription is up."""
-        return self._subscribed.is_set()
+    def available(self) -> bool:
+        """Tell whether work can be sent now: results are listened for and Redis answers."""
+        return self._broker_answers and self._subscribed.is_set()
 
     async def start(self, wait_s: float = 0.0) -> None:
         """Start the result listener; wait up to `wait_s` for its subscription."""
         self._tasks = [
             asyncio.create_task(self._listen(), name="tripq-result-listener"),
             asyncio.create_task(self._delete_read_results(), name="tripq-result-reaper"),
+            asyncio.create_task(self._watch_broker(), name="tripq-broker-watch"),
         ]
         if wait_s > 0:
             with contextlib.suppress(TimeoutError):
@@ -135,8 +142,8 @@ class JobClient:
 
     async def predict(self, trip: TripRequest, timeout_s: float) -> TripAnswer:
         """Predict one trip within `timeout_s`, batched with the trips sent alongside it."""
-        if not self.listening:
-            raise BackendUnavailable("the result backend is not reachable")
+        if not self.available:
+            raise BackendUnavailable("Redis is not reachable")
         future = self._batcher.submit(trip, timeout_s)
         # A bare timer rather than asyncio.wait_for: this runs once per request, on the hot path.
         timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future, timeout_s)
@@ -152,8 +159,8 @@ class JobClient:
 
         The answers come per chunk, in order: their durations, concatenated, follow `trips`.
         """
-        if not self.listening:
-            raise BackendUnavailable("the result backend is not reachable")
+        if not self.available:
+            raise BackendUnavailable("Redis is not reachable")
         deadline = asyncio.get_running_loop().time() + timeout_s
         chunks = [trips[i : i + chunk_size] for i in range(0, len(trips), chunk_size)]
         try:
@@ -233,10 +240,30 @@ class JobClient:
         return fleet.live_workers(seen, info, now)
 
     async def _send(self, message: bytes) -> None:
+        if not self._broker_answers:
+            raise BackendUnavailable("the broker is not reachable")
         try:
-            await self._broker.lpush(self._queue, message)
+            async with asyncio.timeout(_SEND_TIMEOUT_S):
+                await self._broker.lpush(self._queue, message)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable("the broker is not reachable") from exc
+        except TimeoutError as exc:
+            self._broker_answers = False
+            raise BackendUnavailable("the broker did not answer") from exc
+
+    async def _watch_broker(self) -> None:
+        """Ping Redis every _WATCH_EVERY_S; `available` turns false while it does not answer."""
+        while True:
+            try:
+                async with asyncio.timeout(_SEND_TIMEOUT_S):
+                    answers = await self.ping()
+            except TimeoutError:
+                answers = False
+            if answers != self._broker_answers:
+                log = logger.info if answers else logger.warning
+                log("Redis answers again" if answers else "Redis does not answer")
+            self._broker_answers = answers
+            await asyncio.sleep(_WATCH_EVERY_S)
 
     async def _listen(self) -> None:
         """Receive every result for this inbox, reconnecting whenever the connection drops."""

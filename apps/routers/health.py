@@ -34,6 +34,6 @@ async def ready(response: Response, jobs: JobsDep, settings: SettingsDep) -> Rea
         except BackendUnavailable:
             redis_ok = False
     versions = sorted({w.model_version for w in workers if w.model_version})
-    is_ready = redis_ok and bool(versions) and jobs.listening
+    is_ready = redis_ok and bool(versions) and jobs.available
     response.status_code = 200 if is_ready else 503
     return ReadyReply(ready=is_ready, redis=redis_ok, workers=workers, model_versions=versions)

@@ -74,22 +74,7 @@ def _pid(server: EmbeddedRedis) -> int:
     return server.pid
 
 
-@pytest.mark.parametrize(
-    "how",
-    [
-        "stop",
-        "crash",
-        pytest.param(
-            "freeze",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="core/jobs.py bounds neither its LPUSH nor checks that the broker answers: "
-                "a frozen Redis holds each request until REDIS_SOCKET_TIMEOUT_S (503 after 2-4 "
-                "s) or its deadline (504); fix proposed in the issue #4 chaos report",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("how", ["stop", "crash", "freeze"])
 def test_redis_down_answers_503_at_once_and_recovers_without_restarting_anything(
     how: str,
     own_redis: EmbeddedRedis,
