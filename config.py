@@ -1,11 +1,20 @@
 """tripq's settings: one class, read from the environment and `.env`; nothing else reads either."""
 
+import ssl
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, field_validator
+from pydantic import (
+    Field,
+    FilePath,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -29,6 +38,17 @@ class Settings(BaseSettings):
     celery_result_backend: str | None = None
     redis_connect_timeout_s: PositiveFloat = 1.0
     redis_socket_timeout_s: PositiveFloat = 2.0
+    # TLS, for rediss:// URLs: the server's certificate is always verified (against this CA bundle,
+    # or the system's); a client certificate is sent when Redis asks for one (tls-auth-clients).
+    redis_tls_ca_file: FilePath | None = Field(
+        default=None, description="CA bundle that signed Redis's certificate; default: system's."
+    )
+    redis_tls_cert_file: FilePath | None = Field(
+        default=None, description="Client certificate for Redis over TLS, with its key file."
+    )
+    redis_tls_key_file: FilePath | None = Field(
+        default=None, description="Private key of REDIS_TLS_CERT_FILE."
+    )
 
     # --- The queue and the wait ---
     queue: str = "tasks.trip"
@@ -100,6 +120,20 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a Redis URL ({', '.join(REDIS_SCHEMES)}), got {url!r}")
         return url
 
+    @model_validator(mode="after")
+    def _cert_needs_key(self) -> "Settings":
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+        return self
+
+    def redis_tls(self, url: str) -> dict[str, Any]:
+        """Give the TLS options of a connection to `url`: none unless it is a rediss:// URL."""
+        if urlsplit(url).scheme != "rediss":
+            return {}
+        return tls_options(
+            self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file
+        )
+
     @property
     def api_key_set(self) -> frozenset[str]:
         """The API keys the predict endpoints accept (empty: no key needed)."""
@@ -116,6 +150,20 @@ class Settings(BaseSettings):
     def result_backend(self) -> str:
         """Where task results are stored and published."""
         return self.celery_result_backend or self.redis_url
+
+
+def tls_options(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> dict[str, Any]:
+    """Say how to reach a Redis over TLS, verifying its certificate.
+
+    The keys are redis-py's SSLConnection arguments, which kombu (broker_use_ssl) and Celery's
+    result backend (redis_backend_use_ssl) hand on as they are.
+    """
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    files = {"ssl_ca_certs": ca_file, "ssl_certfile": cert_file, "ssl_keyfile": key_file}
+    options.update({name: str(path) for name, path in files.items() if path is not None})
+    return options
 
 
 @lru_cache

@@ -212,7 +212,7 @@ async def _live_workers(settings: Settings) -> list[WorkerInfo]:
 
 def _ensure_redis(settings: Settings) -> EmbeddedRedis | None:
     """Use the Redis at REDIS_URL if it answers; else start the embedded one in its place."""
-    if redis_answers(settings.redis_url):
+    if redis_answers(settings.redis_url, tls=settings.redis_tls(settings.redis_url)):
         console.print(f"using Redis at {_without_password(settings.redis_url)}")
         return None
     parts = urlsplit(settings.redis_url)

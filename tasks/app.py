@@ -76,6 +76,9 @@ app.conf.update(
         "visibility_timeout": visibility_timeout_s(settings),
         "unacked_mutex_expire": _RESTORE_MUTEX_EXPIRE_S,
     },
+    # Both empty unless the URL is rediss:// (see config.Settings.redis_tls).
+    broker_use_ssl=settings.redis_tls(settings.broker_url) or None,
+    redis_backend_use_ssl=settings.redis_tls(settings.result_backend) or None,
     redis_socket_connect_timeout=settings.redis_connect_timeout_s,
     redis_socket_timeout=settings.redis_socket_timeout_s,
     redis_socket_keepalive=True,

@@ -125,6 +125,7 @@ def _redis() -> redis.Redis:
         settings.broker_url,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         socket_timeout=settings.redis_socket_timeout_s,
+        **settings.redis_tls(settings.broker_url),
     )
 
 

@@ -98,15 +98,20 @@ def tripq_env(redis_url: str, log_dir: Path, **settings: object) -> dict[str, st
     return env
 
 
-def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 8) -> Service:
-    """Start one worker process and wait until its heartbeat says it holds a model."""
+def start_worker(
+    env: dict[str, str], log_dir: Path, concurrency: int = 8, tls: dict[str, Any] | None = None
+) -> Service:
+    """Start one worker process and wait until its heartbeat says it holds a model.
+
+    `tls`: the options of a client of a rediss:// REDIS_URL, to read the heartbeat with.
+    """
     worker = Service(
         f"worker-{time.monotonic_ns()}",
         ["worker", "--processes", "1", "--concurrency", str(concurrency)],
         env,
         log_dir,
     )
-    client = redis.Redis.from_url(env["REDIS_URL"])
+    client = redis.Redis.from_url(env["REDIS_URL"], **(tls or {}))
     try:
 
         def holds_model() -> bool:
