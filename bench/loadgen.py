@@ -17,10 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import uvloop
@@ -147,16 +147,24 @@ class _Tally:
 RequestMaker = Callable[[], bytes]
 
 
+def post_head(
+    target: str, host: str, length: int, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """Build the head of an HTTP/1.1 POST of a JSON body of `length` bytes to `target`."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"{extra}Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def request_maker(url: str, body: bytes) -> RequestMaker:
     """Return a function that builds each request's bytes, with a fresh id where marked."""
     parts = urlsplit(url)
-    head = (
-        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        "Content-Type: application/json\r\nContent-Length: "
-    ).encode()
+    target = parts.path or "/"
     prefix, marker, suffix = body.partition(ID_MARKER.encode())
     if not marker:
-        fixed = head + str(len(body)).encode() + b"\r\n\r\n" + body
+        fixed = post_head(target, parts.netloc, len(body)) + body
         return lambda: fixed
     sent = 0
 
@@ -164,29 +172,38 @@ def request_maker(url: str, body: bytes) -> RequestMaker:
         nonlocal sent
         sent += 1
         payload = b"%s%d%s" % (prefix, sent, suffix)
-        return head + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        return post_head(target, parts.netloc, len(payload)) + payload
 
     return make
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """Read one HTTP/1.1 reply; return its status, its body and whether the connection stays."""
+class Reply(NamedTuple):
+    """One HTTP/1.1 reply: its status, its headers (names in lower case) and its body."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+    @property
+    def keep_alive(self) -> bool:
+        """Tell whether the server keeps the connection open after this reply."""
+        return self.headers.get(b"connection", b"").lower() != b"close"
+
+
+async def read_reply(reader: asyncio.StreamReader) -> Reply:
+    """Read one HTTP/1.1 reply, which must carry a Content-Length."""
     head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
+    lines = head[:-4].split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
-    length: int | None = None
-    keep_alive = True
+    headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection" and value.strip().lower() == b"close":
-            keep_alive = False
-    if length is None:
-        # Every server benched here sends Content-Length; anything else is not a reply we check.
+        headers[name.strip().lower()] = value.strip()
+    if b"content-length" not in headers:
+        # Every server tested and benched here sends it; anything else is not a reply we check.
         raise ValueError("reply without Content-Length")
-    return status, await reader.readexactly(length), keep_alive
+    body = await reader.readexactly(int(headers[b"content-length"]))
+    return Reply(status, headers, body)
 
 
 async def _client(
@@ -209,10 +226,11 @@ async def _client(
                 async with asyncio.timeout(timeout_s):
                     writer.write(payload)
                     await writer.drain()
-                    status, body, keep_alive = await _read_reply(reader)
+                    reply = await read_reply(reader)
+                keep_alive = reply.keep_alive
                 tally.latencies_s.append(time.perf_counter() - sent_at)
                 tally.settled += 1
-                if reply_is_ok(status, body, expect):
+                if reply_is_ok(reply.status, reply.body, expect):
                     tally.ok += 1
                 else:
                     tally.errors += 1

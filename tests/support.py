@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import socket
@@ -13,10 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
+import uvloop
+
+from bench.loadgen import post_head, read_reply
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "nyc-tlc"
@@ -249,7 +254,7 @@ class Outcome:
 
     @property
     def kind(self) -> str:
-        """Classify the reply: ok, timeout, unavailable; anything else describes itself."""
+        """Classify the reply: ok, timeout, unavailable, overloaded; others describe themselves."""
         code = self.body.get("reply_code") if self.body else None
         if self.status == 200 and code == 0:
             return "ok"
@@ -257,6 +262,8 @@ class Outcome:
             return "timeout"
         if self.status == 503 and code == 5 and self.retry_after:
             return "unavailable"
+        if self.status == 429 and code == 4 and self.retry_after:
+            return "overloaded"
         if self.status is None:
             return f"connection error ({self.error})"
         return f"HTTP {self.status} {self.body}"
@@ -265,9 +272,11 @@ class Outcome:
 class Load:
     """POST trips to /v1/trip/predict from `concurrency` clients on a thread of their own.
 
-    The clients share one connection pool (keep-alive, as real clients) and take the trips in
-    turn, each pausing `pause_s` after its reply, until every trip is sent, or forever when
-    `repeat`, until `stop()`. Every outcome is kept, in the order the replies came.
+    Each client keeps one keep-alive connection, as real clients do (a new one after a failure or
+    a `Connection: close`), and the clients take the trips in turn, each pausing `pause_s` after
+    its reply, until every trip is sent, or forever when `repeat`, until `stop()`. Every outcome is
+    kept, in the order the replies came. The clients speak HTTP/1.1 on bare asyncio streams (the
+    benchmark's): a general-purpose client costs more CPU per request than the service under test.
     """
 
     def __init__(
@@ -282,14 +291,16 @@ class Load:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.outcomes: list[Outcome] = []
-        self._base = base
+        parts = urlsplit(base)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._netloc = parts.netloc
         self._trips = itertools.cycle(trips) if repeat else iter(trips)
         self._concurrency = concurrency
         self._timeout_s = timeout_s
         self._pause_s = pause_s
         self._headers = headers or {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=lambda: uvloop.run(self._run()), daemon=True)
 
     def __enter__(self) -> "Load":
         self._thread.start()
@@ -315,38 +326,64 @@ class Load:
         return [o for o in self.outcomes if o.sent_at >= since]
 
     async def _run(self) -> None:
-        limits = httpx.Limits(
-            max_connections=self._concurrency, max_keepalive_connections=self._concurrency
-        )
-        async with httpx.AsyncClient(
-            base_url=self._base, timeout=self._timeout_s, limits=limits, headers=self._headers
-        ) as client:
-            await asyncio.gather(*(self._client(client) for _ in range(self._concurrency)))
+        await asyncio.gather(*(self._client() for _ in range(self._concurrency)))
 
-    async def _client(self, client: httpx.AsyncClient) -> None:
-        while not self._stop.is_set():
-            trip = next(self._trips, None)
-            if trip is None:
-                return
-            self.outcomes.append(await self._send(client, trip))
-            if self._pause_s:
-                await asyncio.sleep(self._pause_s)
+    async def _client(self) -> None:
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            while not self._stop.is_set():
+                trip = next(self._trips, None)
+                if trip is None:
+                    return
+                outcome, connection = await self._send(connection, trip)
+                self.outcomes.append(outcome)
+                if self._pause_s:
+                    await asyncio.sleep(self._pause_s)
+        finally:
+            if connection is not None:
+                connection[1].close()
 
-    @staticmethod
-    async def _send(client: httpx.AsyncClient, trip: dict[str, Any]) -> Outcome:
+    async def _send(
+        self,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+        trip: dict[str, Any],
+    ) -> tuple[Outcome, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+        """Send one trip; its outcome, and the connection to send the next one on (if any)."""
+        payload = json.dumps(trip).encode()
+        request = post_head("/v1/trip/predict", self._netloc, len(payload), self._headers)
         sent_at = time.monotonic()
         try:
-            reply = await client.post("/v1/trip/predict", json=trip)
-        except httpx.TransportError as exc:
+            async with asyncio.timeout(self._timeout_s):
+                if connection is None:
+                    connection = await asyncio.open_connection(*self._address)
+                reader, writer = connection
+                writer.write(request + payload)
+                await writer.drain()
+                reply = await read_reply(reader)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            if connection is not None:
+                connection[1].close()
             latency = time.monotonic() - sent_at
-            return Outcome(trip, sent_at, latency, None, None, None, type(exc).__name__)
+            return Outcome(trip, sent_at, latency, None, None, None, type(exc).__name__), None
         latency = time.monotonic() - sent_at
         try:
-            body = reply.json()
+            body = json.loads(reply.body)
         except ValueError:
             body = None
-        retry_after = reply.headers.get("retry-after")
-        return Outcome(trip, sent_at, latency, reply.status_code, body, retry_after, None)
+        retry_after = reply.headers.get(b"retry-after")
+        outcome = Outcome(
+            trip,
+            sent_at,
+            latency,
+            reply.status,
+            body,
+            retry_after.decode() if retry_after is not None else None,
+            None,
+        )
+        if not reply.keep_alive:
+            connection[1].close()
+            connection = None
+        return outcome, connection
 
 
 def varied_trips(count: int, prefix: str = "r") -> list[dict[str, Any]]:

@@ -37,6 +37,8 @@ class Scale:
     kill_requests: int  # requests of the load a worker is SIGKILLed in
     outage_requests: int  # requests answered while Redis is down
     after_kill_requests: int  # requests answered after an API process is SIGKILLed
+    load_requests: int  # requests of the sustained load (test_load)
+    load_concurrency: int  # its clients
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +51,17 @@ def scale() -> Scale:
             kill_requests=3000,
             outage_requests=1000,
             after_kill_requests=3000,
+            load_requests=100_000,
+            load_concurrency=256,
         )
     return Scale(
-        full=False, concurrency=16, kill_requests=300, outage_requests=100, after_kill_requests=300
+        full=False,
+        concurrency=16,
+        kill_requests=300,
+        outage_requests=100,
+        after_kill_requests=300,
+        load_requests=5_000,
+        load_concurrency=256,
     )
 
 
