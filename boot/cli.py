@@ -96,11 +96,8 @@ def worker(processes: Processes = None, concurrency: Concurrency = None) -> None
     group.handle_signals()
     for index in range(1, count + 1):
         group.start(f"worker {index}", worker_argv(settings, index, greenlets), os.environ)
-    gone = group.wait()
-    group.stop(settings.request_timeout_s + _STOP_TIMEOUT_S)
-    if gone is not None:
-        console.print(f"[red]{gone[0]} exited with code {gone[1]}[/red]")
-        raise typer.Exit(1)
+    group.supervise(console.print)
+    group.stop(settings.request_timeout_max_s + _STOP_TIMEOUT_S)
 
 
 @app.command()
@@ -128,12 +125,10 @@ def up(
             console.print(
                 f"[bold green]tripq is up[/]: API {base}  docs {base}/docs  (Ctrl-C stops)"
             )
-            gone = group.wait()
-            if gone is not None:
-                console.print(f"[red]{gone[0]} exited with code {gone[1]}; stopping[/red]")
+            group.supervise(console.print)
     finally:
         console.print("stopping tripq ...")
-        group.stop(settings.request_timeout_s + _STOP_TIMEOUT_S)
+        group.stop(settings.request_timeout_max_s + _STOP_TIMEOUT_S)
         if redis_server is not None:
             redis_server.stop()
         console.print("stopped")

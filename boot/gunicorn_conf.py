@@ -10,8 +10,9 @@ _settings = get_settings()
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
 worker_class = "boot.uvicorn_worker.TripqUvicornWorker"
-# A stopping worker finishes requests already waiting on their deadline.
-graceful_timeout = int(_settings.request_timeout_s) + 5
+# A stopping worker finishes the requests already waiting, the most patient of which may wait
+# REQUEST_TIMEOUT_MAX_S (a client's X-Request-Timeout).
+graceful_timeout = int(_settings.request_timeout_max_s) + 5
 timeout = 30
 keepalive = 5
 accesslog = None

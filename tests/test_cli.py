@@ -1,13 +1,15 @@
 """The `tripq` command's process management and help, run as real processes."""
 
 import signal
+import socket
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
 
-from tests.support import START_TIMEOUT_S, Service, tripq_env, wait_until
+from tests.support import START_TIMEOUT_S, Service, heartbeat_since, tripq_env, wait_until
 
 COMMANDS = ["up", "api", "worker", "workers", "predict", "train", "evaluate", "bench"]
 
@@ -51,6 +53,41 @@ def test_worker_processes_start_heartbeat_and_stop_together(
     assert alive == []
     # A worker that stops says goodbye: its heartbeat entry is gone at once.
     assert redis_client.zcard("tripq:workers") == 0
+
+
+def test_a_worker_process_that_dies_is_started_again_while_the_other_serves(
+    redis_url: str, redis_client: redis.Redis, log_dir: Path
+) -> None:
+    workers = Service(
+        "workers-restart",
+        ["worker", "--processes", "2", "--concurrency", "2"],
+        tripq_env(redis_url, log_dir),
+        log_dir,
+    )
+    host = socket.gethostname()
+    try:
+        wait_until(
+            lambda: redis_client.zcard("tripq:workers") == 2, START_TIMEOUT_S, "two heartbeats"
+        )
+        started = psutil.Process(workers.process.pid).children()
+        (first,) = [c for c in started if "trip1@%h" in c.cmdline()]
+        (second,) = [c for c in started if c.pid != first.pid]
+        first.kill()
+        killed_at = time.time()
+        first.wait(10)
+        wait_until(
+            lambda: heartbeat_since(redis_client, f"trip1@{host}", killed_at),
+            START_TIMEOUT_S,
+            "the killed worker's replacement to beat",
+        )
+        children = psutil.Process(workers.process.pid).children()
+        assert workers.alive()
+        assert len(children) == 2
+        assert first.pid not in {c.pid for c in children}
+        assert second.is_running()
+        assert "worker 1 exited with code -9; restarting in 1 s" in workers.log_tail()
+    finally:
+        assert workers.stop(signal.SIGTERM) == 0
 
 
 def test_workers_require_host_fails_when_no_worker_runs_there(

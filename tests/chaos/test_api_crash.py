@@ -2,15 +2,19 @@
 
 Only the requests on the killed process's connections fail (the connection drops: a client sees
 it at once and may retry); every other request is answered, and within a few seconds gunicorn
-runs two processes again, each listening for its results.
+runs two processes again, each listening for its results. SIGTERM, by contrast, drains: the
+requests already waiting get their answers before the API exits.
 """
 
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import psutil
 import redis
 
@@ -31,6 +35,8 @@ from tests.support import (
 DEADLINE_S = 2.0
 SLACK_S = 1.0
 REPLACED_WITHIN_S = 20.0
+# Long enough for a worker to start (it loads its model) while the request waits.
+DRAIN_DEADLINE_S = 25.0
 
 
 def api_processes(api: Service) -> set[int]:
@@ -124,3 +130,40 @@ def test_api_process_sigkill_fails_only_its_own_connections_and_gunicorn_replace
         assert meanwhile or replaced_at - killed_at < 0.5
         assert api.alive()
         assert worker.alive()
+
+
+def test_api_sigterm_answers_the_requests_already_waiting_before_it_exits(
+    own_redis: EmbeddedRedis, log_dir: Path, figures: Callable[[str], None]
+) -> None:
+    # No worker yet: the request waits in the queue when the API is told to stop, and the
+    # worker started afterwards answers it through the stopping API.
+    env = tripq_env(own_redis.url, log_dir)
+    trip = varied_trips(1, "drain")[0]
+    client = redis.Redis.from_url(own_redis.url)
+    with ExitStack() as processes:
+        processes.callback(client.close)
+        api, base = start_api_processes(env, log_dir, 1)
+        processes.callback(api.stop)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                httpx.post,
+                f"{base}/v1/trip/predict",
+                json=trip,
+                headers={"X-Request-Timeout": str(DRAIN_DEADLINE_S)},
+                timeout=DRAIN_DEADLINE_S + 10,
+            )
+            wait_until(lambda: client.llen("tasks.trip") == 1, 10, "the request's task queued")
+            api.process.send_signal(signal.SIGTERM)
+            signalled_at = time.monotonic()
+            (worker,) = start_workers(env, log_dir, [1])
+            processes.callback(worker.stop)
+            reply = waiting.result(DRAIN_DEADLINE_S + 10)
+            answered_s = time.monotonic() - signalled_at
+        code = api.finish(20)
+        exited_s = time.monotonic() - signalled_at
+
+    figures(f"answered {answered_s:.1f} s after SIGTERM; the API exited {exited_s:.1f} s after it")
+    assert reply.status_code == 200
+    assert reply.json()["request_id"] == trip["request_id"]
+    assert reply.json()["reply_code"] == 0
+    assert code == 0
