@@ -55,6 +55,7 @@ class EmbeddedRedis:
         data_dir: Path,
         *,
         password: str | None = None,
+        username: str | None = None,
         appendonly: bool = True,
         tls: ServerTls | None = None,
         binary: str | None = None,
@@ -62,6 +63,7 @@ class EmbeddedRedis:
         self.port = port
         self.data_dir = data_dir
         self.password = password
+        self.username = username
         self.appendonly = appendonly
         self.tls = tls
         self.binary = binary
@@ -70,7 +72,7 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         """Say how clients reach this server."""
-        auth = f":{self.password}@" if self.password else ""
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
         scheme = "rediss" if self.tls else "redis"
         return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
@@ -99,7 +101,11 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        if self.password:
+        if self.password and self.username:
+            # An ACL user of its own, with every right; the default user is switched off.
+            args += ["--user", "default", "off"]
+            args += ["--user", self.username, "on", f">{self.password}", "~*", "&*", "+@all"]
+        elif self.password:
             args += ["--requirepass", self.password]
         if self.tls:
             args += ["--tls-port", str(self.port), *self.tls.args()]

@@ -1,4 +1,5 @@
-"""A Redis that requires a password: tripq works with it in REDIS_URL, and says so without it."""
+"""A Redis that requires a password, or an ACL user: tripq works with them in REDIS_URL, and says
+so without them."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +14,24 @@ TRIP = {"request_id": "auth-1", "PULocationID": 130, "DOLocationID": 250, "trip_
 PASSWORD = "s3cret-for-tests"
 
 
-@pytest.fixture(scope="module")
-def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    """A Redis server of this module's own that requires a password."""
+@pytest.fixture(scope="module", params=["password", "acl-user"])
+def locked_redis(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedRedis]:
+    """A Redis server of this module's own that requires a password, or an ACL user's."""
+    username = "tripq" if request.param == "acl-user" else None
     server = EmbeddedRedis(
-        free_port(), tmp_path_factory.mktemp("locked-redis"), password=PASSWORD, appendonly=False
+        free_port(),
+        tmp_path_factory.mktemp("locked-redis"),
+        password=PASSWORD,
+        username=username,
+        appendonly=False,
     ).start()
     yield server
     server.stop()
 
 
-def test_predictions_flow_when_the_password_is_in_redis_url(
+def test_predictions_flow_when_the_credentials_are_in_redis_url(
     locked_redis: EmbeddedRedis, log_dir: Path
 ) -> None:
     env = tripq_env(locked_redis.url, log_dir)
