@@ -105,6 +105,7 @@ class Settings(BaseSettings):
         description="Model version the workers load; empty means the one named in CURRENT.",
     )
     tlc_base_url: str = "https://d37ci6vzurychx.cloudfront.net/trip-data"
+    tlc_zones_url: str = "https://d37ci6vzurychx.cloudfront.net/misc/taxi_zone_lookup.csv"
     data_dir: Path = PROJECT_ROOT / "repo" / "data"
 
     # --- Logging and the embedded Redis of `tripq up` ---

@@ -18,6 +18,7 @@ from core.errors import (
     ReplyCode,
     TripqError,
     Unauthorized,
+    VersionNotServed,
 )
 from core.schemas import ErrorReply, FieldError
 
@@ -25,6 +26,7 @@ RETRY_AFTER_S = 1
 
 # Most specific first: a handler is looked up by the exception's class hierarchy.
 STATUS_OF: dict[type[TripqError], int] = {
+    VersionNotServed: 409,
     InvalidTrip: 400,
     Unauthorized: 401,
     DeadlineExceeded: 504,
@@ -41,6 +43,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {
         "model": ErrorReply,
         "description": "API keys are configured and X-API-Key holds none of them (reply_code 6).",
+    },
+    409: {
+        "model": ErrorReply,
+        "description": "X-Model-Version names a version no live worker holds (reply_code 1).",
     },
     413: {
         "model": ErrorReply,

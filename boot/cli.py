@@ -16,6 +16,7 @@ from rich.table import Table
 
 from boot.cli_bench import bench
 from boot.cli_model import evaluate, train
+from boot.cli_models import models_app
 from boot.procs import ProcessGroup
 from config import Settings, get_settings
 from core.errors import TripqError
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.command(help="Train a model from NYC TLC trip files.")(train)
 app.command(help="Print a trained model's metrics on NYC TLC trip files.")(evaluate)
 app.command(help="Benchmark tripq beside the alternatives; writes bench/results/.")(bench)
+app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from config import Settings, get_settings
 from core.errors import ModelError, TripqError
+from core.model import DEFAULT_KIND, PIPELINE_STEPS
 from core.registry import resolve_model_dir, write_current
 from core.training import (
     Evaluation,
@@ -20,7 +21,9 @@ from core.training import (
     Scores,
     evaluate_model,
     is_month_spec,
+    read_zones,
     resolve_data_file,
+    resolve_zones,
     train_model,
 )
 
@@ -93,7 +96,16 @@ def train(
     output: Annotated[
         Path, typer.Option("--output", help="Model directory to create; its name is the version.")
     ],
-    kind: Annotated[str, typer.Option(help="Model recipe.")] = "baseline",
+    kind: Annotated[
+        str, typer.Option(help=f"Model recipe: {' or '.join(PIPELINE_STEPS)}.")
+    ] = DEFAULT_KIND,
+    zones: Annotated[
+        str | None,
+        typer.Option(
+            "--zones",
+            help="TLC taxi zone lookup CSV; by default DATA_DIR's, downloaded once if absent.",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a model already in --output.")
     ] = False,
@@ -110,8 +122,17 @@ def train(
         with _progress(err) as report:
             train_paths = _data_files(train_files, settings, report)
             [valid_path] = _data_files([valid], settings, report)
+            zones_path = resolve_zones(
+                zones, data_dir=settings.data_dir, url=settings.tlc_zones_url
+            )
             card = train_model(
-                train_paths, valid_path, output, kind=kind, progress=report, overwrite=force
+                train_paths,
+                valid_path,
+                output,
+                kind=kind,
+                zones=read_zones(zones_path),
+                progress=report,
+                overwrite=force,
             )
             if current:
                 write_current(output.parent, card.version)
@@ -125,6 +146,7 @@ def train(
     out.print(_metrics_table(f"{card.version} ({card.kind})", rows, card.metrics["train_rmse"]))
     note = " (now the default model)" if current else ""
     out.print(f"wrote {escape(str(output))}{note}", soft_wrap=True)
+    out.print(f"report: {escape(str(output / 'report' / 'report.html'))}", soft_wrap=True)
 
 
 def evaluate(

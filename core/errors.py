@@ -2,6 +2,7 @@
 
     TripqError                     reply_code 3  server error
     ├── InvalidTrip                reply_code 1  the request breaks the contract
+    │   └── VersionNotServed       reply_code 1  it pins a model version no live worker holds
     ├── DeadlineExceeded           reply_code 2  no answer within the request's deadline
     ├── Overloaded                 reply_code 4  tripq refuses new work for now
     ├── BackendUnavailable         reply_code 5  Redis does not answer
@@ -42,6 +43,10 @@ class InvalidTrip(TripqError):
     """A trip that breaks the request contract."""
 
     reply_code = ReplyCode.INVALID_REQUEST
+
+
+class VersionNotServed(InvalidTrip):
+    """A request pinned to a model version that no live worker holds."""
 
 
 class DeadlineExceeded(TripqError):

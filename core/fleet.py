@@ -1,7 +1,7 @@
 """The worker fleet as Redis sees it: each worker writes a heartbeat, readers list the live ones.
 
     tripq:workers            sorted set: worker name -> time of its last heartbeat (epoch seconds)
-    tripq:workers:info       hash: worker name -> JSON {model_version, concurrency}
+    tripq:workers:info       hash: worker name -> JSON {model_version, model_versions, concurrency}
 
 A worker is live while its last heartbeat is younger than the configured TTL; stale entries are
 pruned by readers, so a SIGKILLed worker disappears without anyone cleaning up after it.
@@ -17,9 +17,11 @@ WORKERS_KEY = "tripq:workers"
 WORKERS_INFO_KEY = "tripq:workers:info"
 
 
-def encode_worker_info(model_version: str | None, concurrency: int) -> str:
+def encode_worker_info(model_version: str | None, versions: list[str], concurrency: int) -> str:
     """Encode what a worker's heartbeat says about it."""
-    return json.dumps({"model_version": model_version, "concurrency": concurrency})
+    return json.dumps(
+        {"model_version": model_version, "model_versions": versions, "concurrency": concurrency}
+    )
 
 
 def live_workers(
@@ -38,6 +40,7 @@ def live_workers(
             WorkerInfo(
                 name=name,
                 model_version=details.get("model_version"),
+                model_versions=details.get("model_versions", []),
                 concurrency=details.get("concurrency", 0),
                 seen_s_ago=round(max(0.0, now - last_seen), 3),
             )

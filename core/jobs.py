@@ -16,7 +16,9 @@ when it reconnects; a result read is deleted, so keys do not pile up in Redis.
 
 import asyncio
 import contextlib
+import functools
 import os
+import random
 import socket
 import time
 import uuid
@@ -32,7 +34,14 @@ from redis.exceptions import RedisError
 from config import Settings
 from core import fleet, protocol
 from core.batching import MicroBatcher, Pending
-from core.errors import BackendUnavailable, DeadlineExceeded, ModelError, PredictionFailed
+from core.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    ModelError,
+    PredictionFailed,
+    VersionNotServed,
+)
+from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.schemas import BatchPrediction, TripRequest, WorkerInfo
 
 PREDICT_BATCH_TASK = "tasks.trip.tasks.predict_batch"
@@ -45,6 +54,8 @@ _CONFIRM_S = 5.0
 # broker so that requests are refused at once, not each after its own bounded wait.
 _SEND_TIMEOUT_S = 1.0
 _WATCH_EVERY_S = 0.25
+# How often the routing (core.rollout) and the versions live workers hold are read again.
+_ROUTING_EVERY_S = 0.5
 
 
 class TripAnswer(NamedTuple):
@@ -72,6 +83,7 @@ class JobClient:
         socket_timeout_s: float,
         batch_max_size: int = 256,
         batch_max_in_flight: int = 4,
+        worker_ttl_s: float = 10.0,
         broker_tls: Mapping[str, Any] | None = None,
         backend_tls: Mapping[str, Any] | None = None,
     ) -> None:
@@ -96,9 +108,13 @@ class JobClient:
         self._subscribed = asyncio.Event()
         self._broker_answers = True
         self._tasks: list[asyncio.Task[None]] = []
-        self._batcher: MicroBatcher[TripRequest, TripAnswer] = MicroBatcher(
-            self._predict_batch, max_batch=batch_max_size, max_in_flight=batch_max_in_flight
-        )
+        self._batch_max_size = batch_max_size
+        self._batch_max_in_flight = batch_max_in_flight
+        # One micro-batcher per version asked for; None: any worker's current model.
+        self._batchers: dict[str | None, MicroBatcher[TripRequest, TripAnswer]] = {}
+        self._worker_ttl_s = worker_ttl_s
+        self._routing = Routing()
+        self._served: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobClient":
@@ -111,6 +127,7 @@ class JobClient:
             socket_timeout_s=settings.redis_socket_timeout_s,
             batch_max_size=settings.batch_max_size,
             batch_max_in_flight=settings.batch_max_in_flight,
+            worker_ttl_s=settings.worker_ttl_s,
             broker_tls=settings.redis_tls(settings.broker_url),
             backend_tls=settings.redis_tls(settings.result_backend),
         )
@@ -126,6 +143,7 @@ class JobClient:
             asyncio.create_task(self._listen(), name="tripq-result-listener"),
             asyncio.create_task(self._delete_read_results(), name="tripq-result-reaper"),
             asyncio.create_task(self._watch_broker(), name="tripq-broker-watch"),
+            asyncio.create_task(self._watch_routing(), name="tripq-routing-watch"),
         ]
         if wait_s > 0:
             with contextlib.suppress(TimeoutError):
@@ -136,7 +154,8 @@ class JobClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailable("the API is shutting down"))
-        await self._batcher.drain()
+        for batcher in self._batchers.values():
+            await batcher.drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -147,11 +166,45 @@ class JobClient:
         if self._backend is not self._broker:
             await self._backend.aclose()
 
-    async def predict(self, trip: TripRequest, timeout_s: float) -> TripAnswer:
-        """Predict one trip within `timeout_s`, batched with the trips sent alongside it."""
+    @property
+    def routing(self) -> Routing:
+        """The routing as last read from Redis."""
+        return self._routing
+
+    def route(self, pinned: str | None) -> str | None:
+        """Choose the version that answers a request: the one it pins, the canary for its share
+        of requests, or None (any worker's current version)."""
+        if pinned is not None:
+            if pinned not in self._served:
+                served = ", ".join(sorted(self._served)) or "none"
+                raise VersionNotServed(
+                    f"X-Model-Version: no live worker holds {pinned!r} (served: {served})"
+                )
+            return pinned
+        canary = self._routing.canary
+        if canary in self._served and random.random() < self._routing.canary_share:  # noqa: S311
+            return canary
+        return None
+
+    def _batcher(self, version: str | None) -> MicroBatcher[TripRequest, TripAnswer]:
+        batcher = self._batchers.get(version)
+        if batcher is None:
+            batcher = MicroBatcher(
+                functools.partial(self._predict_batch, version),
+                max_batch=self._batch_max_size,
+                max_in_flight=self._batch_max_in_flight,
+            )
+            self._batchers[version] = batcher
+        return batcher
+
+    async def predict(
+        self, trip: TripRequest, timeout_s: float, version: str | None = None
+    ) -> TripAnswer:
+        """Predict one trip within `timeout_s`, batched with the trips sent alongside it, by
+        model `version` (None: a worker's current one)."""
         if not self.available:
             raise BackendUnavailable("Redis is not reachable")
-        future = self._batcher.submit(trip, timeout_s)
+        future = self._batcher(version).submit(trip, timeout_s)
         # A bare timer rather than asyncio.wait_for: this runs once per request, on the hot path.
         timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future, timeout_s)
         try:
@@ -160,7 +213,11 @@ class JobClient:
             timer.cancel()
 
     async def predict_many(
-        self, trips: Sequence[TripRequest], timeout_s: float, chunk_size: int
+        self,
+        trips: Sequence[TripRequest],
+        timeout_s: float,
+        chunk_size: int,
+        version: str | None = None,
     ) -> list[BatchPrediction]:
         """Predict many trips within `timeout_s`, as tasks of at most `chunk_size` trips each.
 
@@ -172,16 +229,20 @@ class JobClient:
         chunks = [trips[i : i + chunk_size] for i in range(0, len(trips), chunk_size)]
         try:
             async with asyncio.timeout(timeout_s):
-                return await asyncio.gather(*(self._run_batch(chunk, deadline) for chunk in chunks))
+                return await asyncio.gather(
+                    *(self._run_batch(chunk, deadline, version) for chunk in chunks)
+                )
         except TimeoutError:
             raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
 
-    async def _predict_batch(self, batch: Sequence[Pending[TripRequest, TripAnswer]]) -> None:
+    async def _predict_batch(
+        self, version: str | None, batch: Sequence[Pending[TripRequest, TripAnswer]]
+    ) -> None:
         """Send one micro-batch as one task and resolve each trip's future with its answer."""
         # The task lives as long as its most patient request; the others time out on their own.
         deadline = max(p.deadline for p in batch)
         try:
-            answer = await self._run_batch([p.item for p in batch], deadline)
+            answer = await self._run_batch([p.item for p in batch], deadline, version)
         except TimeoutError:
             error = DeadlineExceeded("no worker answered within the deadline")
             for pending in batch:
@@ -192,16 +253,23 @@ class JobClient:
             if not pending.future.done():
                 pending.future.set_result(TripAnswer(duration, answer))
 
-    async def _run_batch(self, trips: Sequence[TripRequest], deadline: float) -> BatchPrediction:
-        """Send `trips` as one task and return their predictions; TimeoutError at `deadline`."""
+    async def _run_batch(
+        self, trips: Sequence[TripRequest], deadline: float, version: str | None
+    ) -> BatchPrediction:
+        """Send `trips` as one task for model `version` and return their predictions;
+        TimeoutError at `deadline`."""
         loop = asyncio.get_running_loop()
         task_id = f"{self._inbox}-{uuid.uuid4().hex}"
+        queue = self._queue if version is None else version_queue(self._queue, version)
+        kwargs: dict[str, object] = {"sent_at": time.time()}
+        if version is not None:
+            kwargs["model_version"] = version
         message = protocol.encode_task(
             task_id=task_id,
             task_name=PREDICT_BATCH_TASK,
-            queue=self._queue,
+            queue=queue,
             args=[batch_columns(trips)],
-            kwargs={"sent_at": time.time()},
+            kwargs=kwargs,
             # The task expires with its requests: no worker computes an answer nobody awaits.
             expires=datetime.now(UTC) + timedelta(seconds=max(0.0, deadline - loop.time())),
             origin=self._origin,
@@ -210,7 +278,7 @@ class JobClient:
         self._pending[task_id] = future
         try:
             async with asyncio.timeout_at(deadline):
-                await self._send(message)
+                await self._send(queue, message)
                 outcome = await future
         finally:
             self._pending.pop(task_id, None)
@@ -227,9 +295,13 @@ class JobClient:
         return True
 
     async def queue_depth(self) -> int:
-        """Count the tasks waiting in the queue."""
+        """Count the tasks waiting in the queue and in the queues of the versions routed to."""
+        queues = [self._queue, *(version_queue(self._queue, v) for v in self._served)]
         try:
-            return int(await self._broker.llen(self._queue))
+            async with self._broker.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.llen(queue)
+                return sum(int(n) for n in await pipe.execute())
         except (RedisError, OSError) as exc:
             raise BackendUnavailable("the broker is not reachable") from exc
 
@@ -246,12 +318,12 @@ class JobClient:
             raise BackendUnavailable("the broker is not reachable") from exc
         return fleet.live_workers(seen, info, now)
 
-    async def _send(self, message: bytes) -> None:
+    async def _send(self, queue: str, message: bytes) -> None:
         if not self._broker_answers:
             raise BackendUnavailable("the broker is not reachable")
         try:
             async with asyncio.timeout(_SEND_TIMEOUT_S):
-                await self._broker.lpush(self._queue, message)
+                await self._broker.lpush(queue, message)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable("the broker is not reachable") from exc
         except TimeoutError as exc:
@@ -271,6 +343,19 @@ class JobClient:
                 log("Redis answers again" if answers else "Redis does not answer")
             self._broker_answers = answers
             await asyncio.sleep(_WATCH_EVERY_S)
+
+    async def _watch_routing(self) -> None:
+        """Read the routing and the versions live workers hold, every _ROUTING_EVERY_S."""
+        while True:
+            try:
+                async with asyncio.timeout(_SEND_TIMEOUT_S):
+                    raw = await self._broker.hgetall(ROUTING_KEY)
+                    workers = await self.workers(self._worker_ttl_s)
+                self._routing = Routing.from_hash(raw)
+                self._served = frozenset(v for w in workers for v in w.model_versions)
+            except (RedisError, OSError, TimeoutError, BackendUnavailable):
+                pass  # the last routing stays in force while Redis is away
+            await asyncio.sleep(_ROUTING_EVERY_S)
 
     async def _listen(self) -> None:
         """Receive every result for this inbox, reconnecting whenever the connection drops."""

@@ -239,14 +239,23 @@ class HealthReply(BaseModel):
 
     name: str
     api_version: str
-    model_version: str = Field(description="The version the fleet is configured to serve.")
+    model_version: str = Field(
+        description="The current version: it answers requests that pin none (`tripq models`)."
+    )
+    canary: str | None = Field(default=None, description="A candidate version on trial, if any.")
+    canary_share: float = Field(default=0.0, description="Share of unpinned requests it answers.")
 
 
 class WorkerInfo(BaseModel):
     """One live worker process, as its last heartbeat described it."""
 
     name: str
-    model_version: str | None = Field(description="None while the worker is loading its model.")
+    model_version: str | None = Field(
+        description="Its current version, which answers unpinned requests; None while loading."
+    )
+    model_versions: list[str] = Field(
+        default_factory=list, description="Every version it holds (current, canary, previous)."
+    )
     concurrency: int
     seen_s_ago: float
 

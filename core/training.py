@@ -1,11 +1,12 @@
-"""Trip data in, model directories out: read TLC files, train, evaluate, fetch months.
+"""Trip data in, model directories out: read TLC files, train, evaluate, report, fetch months.
 
     green_tripdata_2021-01.parquet
         ─ read_trips ─> PULocationID, DOLocationID, trip_distance, duration (minutes)
-        ─ trip_features ─> {"PU_DO": "43_151", "trip_distance": 1.01}
-        ─ fit, evaluate ─ save_model ─> models/<version>/{model.skops, card.json}
+        ─ model_input ─> gbm: the three columns as they are (its pipeline cleans them itself)
+                         baseline: {"PU_DO": "43_151", "trip_distance": 1.01}
+        ─ fit, evaluate ─ save_model ─> models/<version>/{model.skops, card.json, report/}
 
-`trip_features` (core.model) is the one place a trip becomes model input, for training and serving.
+The pipeline is the one place a trip becomes model input, for training and serving alike.
 """
 
 import math
@@ -25,8 +26,17 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from core.errors import ModelError, TripqError
-from core.model import Features, build_pipeline, load_model, save_model, trip_features
+from core.features import zone_boroughs
+from core.model import (
+    DEFAULT_KIND,
+    Features,
+    build_pipeline,
+    load_model,
+    save_model,
+    trip_features,
+)
 from core.registry import CARD_FILE, DataFile, ModelCard, check_version_name, sha256_file
+from core.report import write_report
 
 MIN_MINUTES, MAX_MINUTES = 1.0, 60.0  # the course's duration window, kept for comparable RMSE
 
@@ -159,6 +169,28 @@ def read_trips(path: Path) -> pd.DataFrame:
     return _clean(path, _read_raw(path))
 
 
+def read_zones(path: Path) -> pd.DataFrame:
+    """Read the TLC taxi zone lookup (LocationID, Borough, Zone), or say why it cannot be used."""
+    try:
+        zones = pd.read_csv(path, keep_default_na=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"no zone lookup: {path} does not exist") from exc
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read the zone lookup {path.name}: {exc}") from exc
+    missing = [c for c in ("LocationID", "Borough", "Zone") if c not in zones.columns]
+    if missing or zones.empty:
+        raise DataError(f"{path.name} is not the TLC zone lookup: missing {', '.join(missing)}")
+    return zones
+
+
+def model_input(kind: str, trips: pd.DataFrame) -> list[Features] | NDArray[np.object_]:
+    """Return what the pipeline of `kind` reads: feature dicts (baseline) or the raw columns."""
+    if kind == "baseline":
+        return features_of(trips)
+    columns: NDArray[np.object_] = trips[list(_TRIP_COLUMNS)].to_numpy(dtype=object)
+    return columns
+
+
 def features_of(trips: pd.DataFrame) -> list[Features]:
     """Return the model input of every trip in a frame made by `read_trips`."""
     columns = (trips["PULocationID"], trips["DOLocationID"], trips["trip_distance"])
@@ -197,12 +229,17 @@ def train_model(
     valid_file: Path,
     output_dir: Path,
     *,
-    kind: str = "baseline",
+    kind: str = DEFAULT_KIND,
+    zones: pd.DataFrame | None = None,
     version: str | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> ModelCard:
-    """Train a model on `train_files`, validate it on `valid_file`, and write it to `output_dir`."""
+    """Train a model on `train_files`, validate it on `valid_file`, and write it to `output_dir`.
+
+    `zones` (read_zones) gives the gbm its boroughs and the report its per-borough errors.
+    Training is deterministic: the same files give the same model (every random step is seeded).
+    """
     report = progress or _ignore
     if not train_files:
         raise DataError("no training files given")
@@ -210,22 +247,24 @@ def train_model(
     # A version names one model forever: workers and replies quote it, so never reuse it silently.
     if (output_dir / CARD_FILE).exists() and not overwrite:
         raise ModelError(f"{output_dir} already holds model {version!r}; choose another output")
-    pipeline = build_pipeline(kind)
+    pipeline = build_pipeline(kind, zone_boroughs(zones) if zones is not None else ())
     train, train_records = _read_all(train_files, report)
     valid, valid_records = _read_all([valid_file], report)
 
     report(f"fitting {kind} on {len(train):,} trips")
-    # DictVectorizer and LinearRegression have no randomness: same files, same model.
-    pipeline.fit(features_of(train), train["duration"].to_numpy())
+    pipeline.fit(model_input(kind, train), train["duration"].to_numpy())
 
     report(f"evaluating on {len(valid):,} trips")
-    scores = regression_metrics(valid["duration"].to_numpy(), pipeline.predict(features_of(valid)))
-    fit = regression_metrics(train["duration"].to_numpy(), pipeline.predict(features_of(train)))
+    predicted = np.asarray(pipeline.predict(model_input(kind, valid)), dtype=np.float64)
+    scores = regression_metrics(valid["duration"].to_numpy(), predicted)
+    fit = regression_metrics(
+        train["duration"].to_numpy(), pipeline.predict(model_input(kind, train))
+    )
     metrics = {"rmse": scores["rmse"], "mae": scores["mae"], "r2": scores["r2"]}
     metrics["train_rmse"] = fit["rmse"]
 
     report(f"writing {output_dir}")
-    return save_model(
+    card = save_model(
         pipeline,
         output_dir,
         kind=kind,
@@ -234,6 +273,9 @@ def train_model(
         valid_files=valid_records,
         metrics=metrics,
     )
+    report("drawing the report")
+    write_report(output_dir / "report", card, valid, predicted, zones)
+    return card
 
 
 def evaluate_model(
@@ -250,7 +292,8 @@ def evaluate_model(
         report(f"evaluating on {path.name}")
         trips = read_trips(path)
         truth = trips["duration"].to_numpy()
-        guess = np.asarray(model.predict_features(features_of(trips)))
+        columns = (trips[c].tolist() for c in _TRIP_COLUMNS)
+        guess = np.asarray(model.predict_columns(*columns))
         per_file.append(
             FileEvaluation(name=path.name, rows=len(trips), **regression_metrics(truth, guess))
         )
@@ -279,7 +322,9 @@ def month_file_name(spec: str) -> str:
     return f"{match['color']}_tripdata_{match['month']}.parquet"
 
 
-def _download(url: str, dest: Path, timeout_s: float) -> None:
+def _download(
+    url: str, dest: Path, timeout_s: float, check: Callable[[Path, str], None] | None = None
+) -> None:
     """Copy `url` into `dest` through a temporary sibling, so `dest` is whole or absent."""
     if not url.startswith(("http://", "https://")):
         raise DataError(f"refusing to download {url}: only http(s) URLs are fetched")
@@ -291,7 +336,7 @@ def _download(url: str, dest: Path, timeout_s: float) -> None:
         with os.fdopen(fd, "wb") as out, reply:
             while chunk := reply.read(1 << 20):
                 out.write(chunk)
-        _check_parquet(tmp, url)
+        (check or _check_parquet)(tmp, url)
         os.chmod(tmp, 0o644)  # mkstemp's owner-only mode would hide the data from other users
         os.replace(tmp, dest)
     except urllib.error.HTTPError as exc:
@@ -328,6 +373,31 @@ def fetch_month(spec: str, dest_dir: Path, base_url: str, *, timeout_s: float = 
     except OSError as exc:
         raise DataError(f"cannot create {dest_dir}: {exc.strerror}") from exc
     _download(f"{base_url.rstrip('/')}/{name}", dest, timeout_s)
+    return dest
+
+
+ZONES_FILE = "taxi_zone_lookup.csv"
+
+
+def _check_csv(path: Path, url: str) -> None:
+    """Refuse a download that is not the zone lookup, e.g. an HTML error page."""
+    with path.open("rb") as stream:
+        head = stream.read(64)
+    if not head.startswith(b"LocationID,") and not head.startswith(b'"LocationID",'):
+        raise DataError(f"{url} did not return the TLC zone lookup")
+
+
+def resolve_zones(source: str | None, *, data_dir: Path, url: str) -> Path:
+    """Return the zone lookup's path: `source`, or DATA_DIR's copy, downloaded once if absent."""
+    if source is not None:
+        return Path(source).expanduser().resolve()
+    dest = data_dir / ZONES_FILE
+    if not dest.is_file():
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create {data_dir}: {exc.strerror}") from exc
+        _download(url, dest, 60.0, check=_check_csv)
     return dest
 
 

@@ -23,11 +23,12 @@ from config import get_settings
 from core import fleet
 from core.errors import ModelError
 from core.logs import configure_logging
-from core.serving import ModelHolder
+from core.rollout import ROUTING_KEY, Routing, version_queue
+from core.serving import ModelShelf
 from tasks.offload import run_off_hub, set_offload_threads
 
 settings = get_settings()
-model_holder = ModelHolder(settings.artifact_dir, settings.serving_version)
+model_shelf = ModelShelf(settings.artifact_dir, settings.serving_version)
 
 _stop = threading.Event()
 
@@ -35,6 +36,8 @@ _stop = threading.Event()
 RESTORE_EVERY_S = 2.0
 # Longest wait between two attempts to reach a lost broker (see PromptReconnectConsumer).
 RECONNECT_EVERY_S = 1.0
+# How often a worker reads the routing (core.rollout): a promotion reaches it within this.
+FOLLOW_EVERY_S = 1.0
 
 
 def _make_kombu_retries_cooperative() -> None:
@@ -94,7 +97,7 @@ def _on_ready(sender: Any, **_: Any) -> None:
     name = sender.hostname
     set_offload_threads(settings.inference_threads)
     try:
-        model = run_off_hub(model_holder.get)
+        model = run_off_hub(model_shelf.get)
         logger.info("model loaded", worker=name, model_version=model.version)
     except ModelError as exc:
         # The worker stays up so that readiness can say what is wrong; its tasks fail cleanly.
@@ -106,6 +109,9 @@ def _on_ready(sender: Any, **_: Any) -> None:
     ).start()
     threading.Thread(
         target=_restore_abandoned, args=(sender.app,), name="tripq-restore", daemon=True
+    ).start()
+    threading.Thread(
+        target=_follow_routing, args=(sender,), name="tripq-routing", daemon=True
     ).start()
 
 
@@ -133,7 +139,9 @@ def _beat(name: str, concurrency: int) -> None:
     """Write this worker's heartbeat every interval, surviving Redis outages."""
     client = _redis()
     while not _stop.is_set():
-        info = fleet.encode_worker_info(model_holder.loaded_version, concurrency)
+        info = fleet.encode_worker_info(
+            model_shelf.loaded_version, model_shelf.versions, concurrency
+        )
         try:
             with client.pipeline(transaction=False) as pipe:
                 pipe.zadd(fleet.WORKERS_KEY, {name: time.time()})
@@ -142,6 +150,29 @@ def _beat(name: str, concurrency: int) -> None:
         except redis.RedisError as exc:
             logger.warning("heartbeat failed", worker=name, error=str(exc))
         _stop.wait(settings.worker_heartbeat_s)
+
+
+def _follow_routing(consumer: Any) -> None:
+    """Hold the models the routing names, and take tasks from the queue of each one held.
+
+    A version's queue is consumed only once its model is loaded, and no longer once it is
+    dropped: a task pinned to a version never reaches a worker without it.
+    """
+    client = _redis()
+    consumed: set[str] = set()
+    while not _stop.wait(FOLLOW_EVERY_S):
+        try:
+            routing = Routing.from_hash(client.hgetall(ROUTING_KEY))
+        except redis.RedisError:
+            continue  # the last routing stays in force; the consumer reconnects on its own
+        run_off_hub(model_shelf.follow, routing)
+        held = set(model_shelf.versions)
+        for version in sorted(held - consumed):
+            consumer.add_task_queue(version_queue(settings.queue, version))
+            consumed.add(version)
+        for version in sorted(consumed - held):
+            consumer.cancel_task_queue(version_queue(settings.queue, version))
+            consumed.discard(version)
 
 
 def _restore_abandoned(app: Any) -> None:

@@ -11,11 +11,14 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthReply)
 async def health(request: Request) -> HealthReply:
-    """Say that this API process is alive, and which model version the fleet serves."""
+    """Say that this API process is alive, and which model versions the fleet serves."""
+    routing = request.app.state.jobs.routing
     return HealthReply(
         name="tripq",
         api_version=request.app.version,
-        model_version=request.app.state.model_version,
+        model_version=routing.current or request.app.state.model_version,
+        canary=routing.canary,
+        canary_share=routing.canary_share,
     )
 
 
@@ -33,7 +36,7 @@ async def ready(response: Response, jobs: JobsDep, settings: SettingsDep) -> Rea
             workers = await jobs.workers(settings.worker_ttl_s)
         except BackendUnavailable:
             redis_ok = False
-    versions = sorted({w.model_version for w in workers if w.model_version})
+    versions = sorted({v for w in workers for v in w.model_versions})
     is_ready = redis_ok and bool(versions) and jobs.available
     response.status_code = 200 if is_ready else 503
     return ReadyReply(ready=is_ready, redis=redis_ok, workers=workers, model_versions=versions)

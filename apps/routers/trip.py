@@ -34,8 +34,9 @@ def _json_body(model_name: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _admit(request: Request) -> tuple[JobClient, Admission, float]:
-    """Check what every predict request must pass before its body is read; return its deadline.
+def _admit(request: Request) -> tuple[JobClient, Admission, float, str | None]:
+    """Check what every predict request must pass before its body is read; return its deadline
+    and the model version that must answer it (None: any worker's current one).
 
     Reads app state rather than declared dependencies: FastAPI's dependency solving costs more
     per request than everything tripq itself does on this path.
@@ -48,7 +49,9 @@ def _admit(request: Request) -> tuple[JobClient, Admission, float]:
     content_type = headers.get("content-type")
     if content_type is not None and not _is_json(content_type):
         raise HTTPException(415, f"content-type: expected application/json, got {content_type}")
-    return request.app.state.jobs, request.app.state.admission, _deadline(headers, settings)
+    jobs: JobClient = request.app.state.jobs
+    version = jobs.route(headers.get("x-model-version"))
+    return jobs, request.app.state.admission, _deadline(headers, settings), version
 
 
 def _is_json(content_type: str) -> bool:
@@ -80,12 +83,14 @@ async def predict_trip(request: Request) -> Response:
     """Predict how long a NYC taxi trip takes, in minutes.
 
     The trip is queued on Redis for a worker, together with the trips other clients send at the
-    same moment; the reply waits at most the request deadline (`REQUEST_TIMEOUT_S`), after which
-    it answers 504 with reply_code 2 and the task expires unexecuted. `reply_code` is 0 on
+    same moment; the reply waits at most the request deadline (`REQUEST_TIMEOUT_S`, or the
+    `X-Request-Timeout` header), after which it answers 504 with reply_code 2 and the task expires
+    unexecuted. `X-Model-Version` pins the model version that must answer (409 when no live
+    worker holds it); `model_version` in the reply names the one that did. `reply_code` is 0 on
     success; every other code is documented below.
     """
     started = time.perf_counter()
-    jobs, admission, timeout_s = _admit(request)
+    jobs, admission, timeout_s, version = _admit(request)
     try:
         trip = TripRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -93,7 +98,7 @@ async def predict_trip(request: Request) -> Response:
     request.state.request_id = trip.request_id
     try:
         with admission.hold():
-            answer = await jobs.predict(trip, timeout_s)
+            answer = await jobs.predict(trip, timeout_s, version)
     except TripqError as exc:
         logger.info(
             "predict",
@@ -140,11 +145,11 @@ async def predict_trip_batch(request: Request) -> Response:
     504/503/500 when no prediction could be made.
     """
     started = time.perf_counter()
-    jobs, admission, timeout_s = _admit(request)
+    jobs, admission, timeout_s, version = _admit(request)
     trips, refused = parse_trip_batch(await request.body())
     chunk_size = request.app.state.settings.batch_chunk_size
     with admission.hold(len(trips)):
-        answers = await jobs.predict_many(trips, timeout_s, chunk_size)
+        answers = await jobs.predict_many(trips, timeout_s, chunk_size, version)
     durations = iter([d for answer in answers for d in answer.durations])
     valid = iter(trips)
     replies: list[dict[str, Any]] = []

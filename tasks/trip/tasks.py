@@ -12,7 +12,7 @@ from loguru import logger
 from core.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
 from tasks.app import app
 from tasks.offload import run_off_hub
-from tasks.worker import model_holder
+from tasks.worker import model_shelf
 
 
 @app.task(name="tasks.trip.tasks.predict_ride")  # type: ignore[untyped-decorator]
@@ -20,7 +20,7 @@ def predict_ride(trip: dict[str, Any], sent_at: float) -> dict[str, Any]:
     """Predict the duration of one trip."""
     started = time.time()
     request = TripRequest.model_validate(trip)
-    durations, version = run_off_hub(model_holder.predict, [request])
+    durations, version = run_off_hub(model_shelf.predict, [request])
     inference_ms = (time.time() - started) * 1000
     prediction = TripPrediction(
         request_id=request.request_id,
@@ -34,11 +34,17 @@ def predict_ride(trip: dict[str, Any], sent_at: float) -> dict[str, Any]:
 
 
 @app.task(name="tasks.trip.tasks.predict_batch")  # type: ignore[untyped-decorator]
-def predict_batch(columns: dict[str, Any], sent_at: float) -> dict[str, Any]:
-    """Predict the durations of a batch of trips, given as columns, with one model call."""
+def predict_batch(
+    columns: dict[str, Any], sent_at: float, model_version: str | None = None
+) -> dict[str, Any]:
+    """Predict the durations of a batch of trips, given as columns, with one model call.
+
+    `model_version` names the model that must answer (a pinned or canary batch, taken from that
+    version's own queue); None means this worker's current model.
+    """
     started = time.time()
     trips = TripColumns.model_validate(columns)
-    durations, version = run_off_hub(model_holder.predict_columns, trips)
+    durations, version = run_off_hub(model_shelf.predict_columns, trips, model_version)
     answer = BatchPrediction(
         durations=durations,
         model_version=version,

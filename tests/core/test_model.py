@@ -28,7 +28,7 @@ from core.registry import (
     write_current,
 )
 from core.schemas import EXAMPLE_TRIP, TripRequest
-from core.training import features_of, read_trips, train_model
+from core.training import read_trips, train_model
 from tests.core.conftest import REPO_ROOT
 
 DEFAULT_MODELS = REPO_ROOT / "repo" / "models"
@@ -62,8 +62,9 @@ def test_artifact_round_trip_gives_the_same_predictions(model_dir: Path) -> None
     model = load_model(model_dir)
     card = read_card(model_dir)
 
-    first = model.predict_features(features_of(valid))
-    again = load_model(model_dir).predict_features(features_of(valid))
+    columns = [valid[c].tolist() for c in ("PULocationID", "DOLocationID", "trip_distance")]
+    first = model.predict_columns(*columns)
+    again = load_model(model_dir).predict_columns(*columns)
 
     assert first == again
     assert model.version == card.version == "synthetic-1"
@@ -299,7 +300,9 @@ def test_compiled_scorer_answers_as_the_pipeline_does() -> None:
         for miles in (0.0, 1.7, 12.5)
     ] + [_trip(pu, (pu * 7) % 265 + 1, pu / 10) for pu in range(1, 266)]
 
-    reference = model.predict_trips(trips)
+    reference = model.pipeline.predict(
+        [trip_features(t.PULocationID, t.DOLocationID, t.trip_distance) for t in trips]
+    ).tolist()
     compiled = model.predict_columns(
         [t.PULocationID for t in trips],
         [t.DOLocationID for t in trips],

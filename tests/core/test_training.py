@@ -25,7 +25,7 @@ from core.training import (
     resolve_data_file,
     train_model,
 )
-from tests.core.conftest import OUT_OF_WINDOW, TlcMirror
+from tests.core.conftest import OUT_OF_WINDOW, TlcMirror, write_zones
 
 COURSE_RMSE = 7.758715209663881  # MLOps Zoomcamp baseline: green 2021-01 -> 2021-02
 MakeTrips = Callable[..., Path]
@@ -130,7 +130,9 @@ def test_baseline_reproduces_the_course_rmse_on_the_real_files(
 ) -> None:
     valid = real_data / "green_tripdata_2021-02.parquet"
 
-    card = train_model([real_data / "green_tripdata_2021-01.parquet"], valid, tmp_path / "b")
+    card = train_model(
+        [real_data / "green_tripdata_2021-01.parquet"], valid, tmp_path / "b", kind="baseline"
+    )
 
     assert round(card.metrics["rmse"], 3) == round(COURSE_RMSE, 3) == 7.759
     assert (card.train_rows, card.valid_rows) == (73_908, 61_921)
@@ -149,7 +151,7 @@ def test_train_model_writes_a_card_named_after_its_directory(
     output = tmp_path / "models" / "baseline-x"
     assert read_card(output) == card
     assert card.version == "baseline-x"
-    assert card.kind == "baseline"
+    assert card.kind == "gbm"  # the default kind
     assert [(f.name, f.sha256, f.rows_read, f.rows) for f in card.train_files] == [
         ("a.parquet", sha256_file(train[0]), 400, 400 - OUT_OF_WINDOW),
         ("b.parquet", sha256_file(train[1]), 300, 300 - OUT_OF_WINDOW),
@@ -162,7 +164,8 @@ def test_train_model_writes_a_card_named_after_its_directory(
     assert set(card.libraries) == {"python", "scikit-learn", "skops", "numpy", "pandas"}
     assert card.artifact_sha256 == sha256_file(output / card.artifact)
     assert steps[0] == "reading a.parquet"
-    assert any(step.startswith("fitting baseline on 680 trips") for step in steps)
+    assert any(step.startswith("fitting gbm on 680 trips") for step in steps)
+    assert steps[-1] == "drawing the report"
 
 
 def test_an_explicit_version_overrides_the_directory_name(
@@ -202,7 +205,7 @@ def test_an_existing_model_is_not_overwritten_unless_asked(
 
 
 def test_an_unknown_kind_is_refused_before_reading_data(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="unknown model kind 'forest'; known kinds: baseline"):
+    with pytest.raises(ModelError, match="unknown model kind 'forest'; known kinds: gbm, baseline"):
         train_model([tmp_path / "absent.parquet"], tmp_path / "absent.parquet", tmp_path / "m",
                     kind="forest")  # fmt: skip
 
@@ -372,18 +375,23 @@ def test_train_command_accepts_month_specs_and_prints_metrics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("TLC_BASE_URL", tlc_mirror.base_url)
+    monkeypatch.setenv("TLC_ZONES_URL", tlc_mirror.base_url.replace("trip-data", "misc/zones.csv"))
     _publish(tlc_mirror, make_trips, "green_tripdata_2021-01.parquet")
+    (tlc_mirror.root / "misc").mkdir()
+    write_zones(tlc_mirror.root / "misc" / "zones.csv")
     valid = make_trips("valid.parquet", seed=5)
-    output = settings_env / "baseline-cli"
+    output = settings_env / "gbm-cli"
 
     args = ["train", "--train", "green:2021-01", "--valid", str(valid), "--output", str(output)]
     result = CliRunner().invoke(cli, [*args, "--current"])
 
     assert result.exit_code == 0, result.output
     assert read_card(output).train_files[0].name == "green_tripdata_2021-01.parquet"
-    assert (settings_env / CURRENT_FILE).read_text() == "baseline-cli\n"
+    assert (settings_env / CURRENT_FILE).read_text() == "gbm-cli\n"
+    assert (output / "report" / "report.html").is_file()
     assert "rmse" in result.stdout
-    assert "fitting baseline" in result.stderr
+    assert "fitting gbm" in result.stderr
+    assert (get_settings().data_dir / "taxi_zone_lookup.csv").is_file()  # fetched once, kept
 
 
 def test_command_errors_are_one_line_with_exit_code_1(

@@ -1,0 +1,182 @@
+"""`tripq models`: list the model versions, and promote, canary or roll back one, live.
+
+Each command checks what it is asked to serve (the artifact's hash, its feature schema, a smoke
+prediction) before it writes the routing (core.rollout) to Redis; workers follow within a second,
+and API processes within half a second, without a restart. CURRENT in the artifact directory
+follows the current version too, so a fleet started afresh serves the same one.
+"""
+
+import time
+from pathlib import Path
+from typing import Annotated, cast
+
+import redis
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from config import Settings, get_settings
+from core import fleet
+from core.errors import TripqError
+from core.model import load_model
+from core.registry import CARD_FILE, read_card, read_current, resolve_model_dir, write_current
+from core.rollout import ROUTING_KEY, Routing
+from core.schemas import WorkerInfo
+
+models_app = typer.Typer(
+    help="List model versions; promote, canary or roll back one on the live fleet.",
+    no_args_is_help=True,
+)
+
+_FOLLOW_WAIT_S = 15.0  # how long a command waits to see the fleet follow
+
+
+def _client(settings: Settings) -> "redis.Redis":
+    return redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_socket_timeout_s,
+        **settings.redis_tls(settings.broker_url),
+    )
+
+
+def _routing(client: "redis.Redis", settings: Settings) -> Routing:
+    """The routing in Redis; before any, the version CURRENT (or SERVING_VERSION) names."""
+    routing = Routing.from_hash(client.hgetall(ROUTING_KEY))
+    if routing.current is None:
+        current = settings.serving_version or read_current(settings.artifact_dir)
+        routing = Routing(current, routing.previous, routing.canary, routing.canary_share)
+    return routing
+
+
+def _live(client: "redis.Redis", settings: Settings) -> list[WorkerInfo]:
+    since = time.time() - settings.worker_ttl_s
+    seen = cast(
+        list[tuple[bytes | str, float]],
+        client.zrangebyscore(fleet.WORKERS_KEY, since, "+inf", withscores=True),
+    )
+    return fleet.live_workers(seen, client.hgetall(fleet.WORKERS_INFO_KEY))
+
+
+def _checked(settings: Settings, version: str) -> None:
+    """Load `version` as a worker would; raise (InvalidArtifact, ModelError) if it cannot serve."""
+    load_model(resolve_model_dir(settings.artifact_dir, version))
+
+
+def _apply(console: Console, settings: Settings, change: str, routing: Routing) -> None:
+    """Write `routing` and CURRENT, then wait (boundedly) to see the live workers follow it."""
+    with _client(settings) as client:
+        client.hset(ROUTING_KEY, mapping=routing.to_hash())
+        assert routing.current is not None
+        write_current(settings.artifact_dir, routing.current)
+        console.print(f"{change}: current {routing.current}", end="")
+        if routing.canary:
+            console.print(f", canary {routing.canary} at {routing.canary_share:.0%}", end="")
+        console.print()
+        deadline = time.monotonic() + _FOLLOW_WAIT_S
+        while True:
+            workers = _live(client, settings)
+            following = [w for w in workers if w.model_version == routing.current]
+            if len(following) == len(workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    console.print(f"{len(following)} of {len(workers)} live workers serve {routing.current}")
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """List the model versions in ARTIFACT_DIR, their role and the live workers holding each."""
+    settings = get_settings()
+    console = Console()
+    try:
+        with _client(settings) as client:
+            routing = _routing(client, settings)
+            workers = _live(client, settings)
+    except redis.RedisError as exc:
+        console.print(f"[red]error:[/] Redis does not answer: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except TripqError as exc:
+        console.print(f"[red]error:[/] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    table = Table("version", "kind", "created", "valid rmse", "role", "held by")
+    for model_dir in sorted(p for p in Path(settings.artifact_dir).iterdir() if p.is_dir()):
+        if not (model_dir / CARD_FILE).is_file():
+            continue
+        try:
+            card = read_card(model_dir)
+        except TripqError:
+            table.add_row(escape(model_dir.name), "[red]unreadable card[/]", "", "", "", "")
+            continue
+        version = card.version
+        role = {routing.current: "current", routing.previous: "previous"}.get(version, "")
+        if version == routing.canary:
+            role = f"canary {routing.canary_share:.0%}"
+        holders = sum(version in w.model_versions for w in workers)
+        table.add_row(
+            escape(version),
+            card.kind,
+            card.created,
+            f"{card.metrics.get('rmse', float('nan')):.4f}",
+            role,
+            f"{holders} of {len(workers)}",
+        )
+    console.print(table)
+
+
+@models_app.command()
+def promote(version: Annotated[str, typer.Argument(help="The version to make current.")]) -> None:
+    """Make VERSION current for every request that pins none, once it passes its checks."""
+    settings = get_settings()
+    console = Console()
+    try:
+        _checked(settings, version)
+        with _client(settings) as client:
+            routing = _routing(client, settings).promoted(version)
+        _apply(console, settings, "promoted", routing)
+    except (TripqError, redis.RedisError) as exc:
+        _refuse(console, f"{version} not promoted", exc)
+
+
+@models_app.command()
+def canary(
+    version: Annotated[str, typer.Argument(help="The candidate version.")],
+    share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of unpinned requests it answers; 0 ends it."),
+    ] = 0.1,
+) -> None:
+    """Send a share of the requests that pin no version to VERSION, once it passes its checks."""
+    settings = get_settings()
+    console = Console()
+    try:
+        if share > 0:
+            _checked(settings, version)
+        with _client(settings) as client:
+            routing = _routing(client, settings).with_canary(version if share > 0 else None, share)
+        _apply(console, settings, "canary set" if share > 0 else "canary ended", routing)
+    except (TripqError, redis.RedisError) as exc:
+        _refuse(console, f"canary {version} not set", exc)
+
+
+@models_app.command()
+def rollback() -> None:
+    """Make the previous version current again, and end any canary."""
+    settings = get_settings()
+    console = Console()
+    try:
+        with _client(settings) as client:
+            current = _routing(client, settings)
+        if current.previous is None:
+            console.print("[red]error:[/] there is no previous version to roll back to")
+            raise typer.Exit(1)
+        _checked(settings, current.previous)
+        _apply(console, settings, "rolled back", current.rolled_back())
+    except (TripqError, redis.RedisError) as exc:
+        _refuse(console, "not rolled back", exc)
+
+
+def _refuse(console: Console, what: str, exc: Exception) -> None:
+    reason = exc.message if isinstance(exc, TripqError) else f"Redis does not answer: {exc}"
+    console.print(f"[red]error:[/] {escape(what)}: {escape(reason)}; nothing changed")
+    raise typer.Exit(1)
