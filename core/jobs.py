@@ -107,6 +107,9 @@ class JobClient:
         self._read_keys: list[str] = []
         self._subscribed = asyncio.Event()
         self._broker_answers = True
+        # redis-py may turn a cancellation in the middle of a command into a connection error,
+        # which the loops below survive by design: they also stop on this flag.
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._batch_max_size = batch_max_size
         self._batch_max_in_flight = batch_max_in_flight
@@ -151,6 +154,7 @@ class JobClient:
 
     async def close(self) -> None:
         """Stop the listener, fail pending waits, and close connections."""
+        self._closing = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailable("the API is shutting down"))
@@ -332,7 +336,7 @@ class JobClient:
 
     async def _watch_broker(self) -> None:
         """Ping Redis every _WATCH_EVERY_S; `available` turns false while it does not answer."""
-        while True:
+        while not self._closing:
             try:
                 async with asyncio.timeout(_SEND_TIMEOUT_S):
                     answers = await self.ping()
@@ -346,7 +350,7 @@ class JobClient:
 
     async def _watch_routing(self) -> None:
         """Read the routing and the versions live workers hold, every _ROUTING_EVERY_S."""
-        while True:
+        while not self._closing:
             try:
                 async with asyncio.timeout(_SEND_TIMEOUT_S):
                     raw = await self._broker.hgetall(ROUTING_KEY)
@@ -361,7 +365,7 @@ class JobClient:
         """Receive every result for this inbox, reconnecting whenever the connection drops."""
         pattern = protocol.result_key(f"{self._inbox}-*")
         attempt = 0
-        while True:
+        while not self._closing:
             pubsub = self._backend.pubsub()
             try:
                 await pubsub.psubscribe(pattern)
@@ -420,7 +424,7 @@ class JobClient:
                 self._resolve(task_id, protocol.decode_result(raw))
 
     async def _delete_read_results(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(_DELETE_EVERY_S)
             await self._flush_deletes()
 

@@ -102,6 +102,10 @@ def _on_ready(sender: Any, **_: Any) -> None:
     except ModelError as exc:
         # The worker stays up so that readiness can say what is wrong; its tasks fail cleanly.
         logger.error("no usable model", worker=name, error=exc.message)
+    # Follow the routing once before the first heartbeat: a worker that says it holds a version
+    # already takes that version's tasks.
+    client, consumed = _redis(), set[str]()
+    _follow_routing(sender, client, consumed)
     concurrency = int(sender.controller.concurrency) if sender.controller else 0
     # A native thread under a non-gevent pool; a greenlet under gevent (threading is patched).
     threading.Thread(
@@ -111,7 +115,7 @@ def _on_ready(sender: Any, **_: Any) -> None:
         target=_restore_abandoned, args=(sender.app,), name="tripq-restore", daemon=True
     ).start()
     threading.Thread(
-        target=_follow_routing, args=(sender,), name="tripq-routing", daemon=True
+        target=_keep_following, args=(sender, client, consumed), name="tripq-routing", daemon=True
     ).start()
 
 
@@ -152,27 +156,30 @@ def _beat(name: str, concurrency: int) -> None:
         _stop.wait(settings.worker_heartbeat_s)
 
 
-def _follow_routing(consumer: Any) -> None:
+def _follow_routing(consumer: Any, client: redis.Redis, consumed: set[str]) -> None:
     """Hold the models the routing names, and take tasks from the queue of each one held.
 
     A version's queue is consumed only once its model is loaded, and no longer once it is
-    dropped: a task pinned to a version never reaches a worker without it.
+    dropped: a task pinned to a version never reaches a worker without it. `consumed` names the
+    versions whose queues are consumed, and is kept up to date.
     """
-    client = _redis()
-    consumed: set[str] = set()
+    try:
+        routing = Routing.from_hash(client.hgetall(ROUTING_KEY))
+    except redis.RedisError:
+        return  # the last routing stays in force; the consumer reconnects on its own
+    run_off_hub(model_shelf.follow, routing)
+    held = set(model_shelf.versions)
+    for version in sorted(held - consumed):
+        consumer.add_task_queue(version_queue(settings.queue, version))
+        consumed.add(version)
+    for version in sorted(consumed - held):
+        consumer.cancel_task_queue(version_queue(settings.queue, version))
+        consumed.discard(version)
+
+
+def _keep_following(consumer: Any, client: redis.Redis, consumed: set[str]) -> None:
     while not _stop.wait(FOLLOW_EVERY_S):
-        try:
-            routing = Routing.from_hash(client.hgetall(ROUTING_KEY))
-        except redis.RedisError:
-            continue  # the last routing stays in force; the consumer reconnects on its own
-        run_off_hub(model_shelf.follow, routing)
-        held = set(model_shelf.versions)
-        for version in sorted(held - consumed):
-            consumer.add_task_queue(version_queue(settings.queue, version))
-            consumed.add(version)
-        for version in sorted(consumed - held):
-            consumer.cancel_task_queue(version_queue(settings.queue, version))
-            consumed.discard(version)
+        _follow_routing(consumer, client, consumed)
 
 
 def _restore_abandoned(app: Any) -> None:
