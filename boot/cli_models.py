@@ -65,11 +65,24 @@ def _checked(settings: Settings, version: str) -> None:
 
 
 def _apply(console: Console, settings: Settings, change: str, routing: Routing) -> None:
-    """Write `routing` and CURRENT, then wait (boundedly) to see the live workers follow it."""
+    """Write CURRENT and `routing`, then wait (boundedly) to see the live workers follow it.
+
+    CURRENT first: if it cannot be written nothing has changed yet, and if Redis then fails,
+    CURRENT is put back.
+    """
+    assert routing.current is not None
+    try:
+        before: str | None = read_current(settings.artifact_dir)
+    except TripqError:
+        before = None
+    write_current(settings.artifact_dir, routing.current)
     with _client(settings) as client:
-        client.hset(ROUTING_KEY, mapping=routing.to_hash())
-        assert routing.current is not None
-        write_current(settings.artifact_dir, routing.current)
+        try:
+            client.hset(ROUTING_KEY, mapping=routing.to_hash())
+        except redis.RedisError:
+            if before is not None:
+                write_current(settings.artifact_dir, before)
+            raise
         console.print(f"{change}: current {routing.current}", end="")
         if routing.canary:
             console.print(f", canary {routing.canary} at {routing.canary_share:.0%}", end="")

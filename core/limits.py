@@ -34,7 +34,8 @@ class Admission:
         """Admit `trips` for the duration of the block, or raise Overloaded."""
         if self.queue_depth >= self.max_queue_depth:
             raise Overloaded(f"the queue holds {self.queue_depth} tasks; retry shortly")
-        if self.pending + trips > self.max_pending:
+        # An idle process admits any one request, so no valid request is refused for good.
+        if self.pending and self.pending + trips > self.max_pending:
             raise Overloaded("this API process holds as much work as it may; retry shortly")
         self.pending += trips
         try:

@@ -18,6 +18,7 @@ from gevent import monkey
 from kombu.exceptions import OperationalError
 from kombu.utils import functional as kombu_functional
 from loguru import logger
+from threadpoolctl import threadpool_limits
 
 from config import get_settings
 from core import fleet
@@ -96,6 +97,9 @@ def _on_ready(sender: Any, **_: Any) -> None:
     """Load the model, then announce the worker with a heartbeat until it stops."""
     name = sender.hostname
     set_offload_threads(settings.inference_threads)
+    # Inference runs on INFERENCE_THREADS native threads already; OpenMP threads inside each
+    # call (scikit-learn's tree ensembles use them) would only fight them, and the API, for cores.
+    threadpool_limits(1, user_api="openmp")
     try:
         model = run_off_hub(model_shelf.get)
         logger.info("model loaded", worker=name, model_version=model.version)

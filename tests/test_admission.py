@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -118,14 +119,49 @@ def small_api(redis_url: str, redis_client: redis.Redis, log_dir: Path) -> Itera
     process.stop()
 
 
-def test_more_waiting_trips_than_allowed_answer_429_with_retry_after(small_api: str) -> None:
-    body = {"trips": [TRIP] * 4}
+@pytest.fixture
+def pending_api(redis_url: str, redis_client: redis.Redis, log_dir: Path) -> Iterator[str]:
+    """An API that holds at most three waiting trips, with no worker and no queue bound."""
+    redis_client.delete("tasks.trip")
+    env = tripq_env(redis_url, log_dir, max_pending_requests=3, request_timeout_s=3)
+    process, base = start_api(env, log_dir)
+    yield base
+    process.stop()
 
-    reply = httpx.post(f"{small_api}/v1/trip/predict/batch", json=body, timeout=10)
+
+def test_more_waiting_trips_than_allowed_answer_429_with_retry_after(
+    pending_api: str, redis_client: redis.Redis
+) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(httpx.post, f"{pending_api}/v1/trip/predict", json=TRIP, timeout=10)
+        wait_until(lambda: redis_client.llen("tasks.trip") >= 1, 10, "the first trip waiting")
+        reply = httpx.post(
+            f"{pending_api}/v1/trip/predict/batch", json={"trips": [TRIP] * 3}, timeout=10
+        )
+        first = waiting.result(10)
 
     assert reply.status_code == 429
-    assert reply.json()["reply_code"] == 4
+    assert reply.json() == {
+        "reply_code": 4,
+        "message": "this API process holds as much work as it may; retry shortly",
+    }
     assert reply.headers["retry-after"] == "1"
+    assert first.status_code == 504  # no worker: it waited its deadline, and was not refused
+
+
+def test_an_idle_api_admits_a_batch_larger_than_its_bound(
+    pending_api: str, redis_client: redis.Redis
+) -> None:
+    reply = httpx.post(
+        f"{pending_api}/v1/trip/predict/batch",
+        json={"trips": [TRIP] * 5},
+        headers={"X-Request-Timeout": "0.5"},
+        timeout=10,
+    )
+
+    # Admitted (no worker runs, so it times out), rather than refused for good with 429.
+    assert reply.status_code == 504
+    assert reply.json()["reply_code"] == 2
 
 
 def test_a_full_queue_answers_429_at_once_while_health_stays_open(

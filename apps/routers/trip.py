@@ -28,10 +28,33 @@ from core.trip_batch import parse_trip_batch
 router = APIRouter(prefix="/v1/trip", tags=["trip"])
 
 
+_HEADERS = [
+    {
+        "name": "X-Request-Timeout",
+        "in": "header",
+        "required": False,
+        "description": "Deadline in seconds (default REQUEST_TIMEOUT_S, capped by "
+        "REQUEST_TIMEOUT_MAX_S); also the task's expiry.",
+        "schema": {"type": "number", "exclusiveMinimum": 0},
+    },
+    {
+        "name": "X-Model-Version",
+        "in": "header",
+        "required": False,
+        "description": "Pin the model version that must answer (409 when no live worker holds "
+        "it); by default the current version, or the canary for its share of requests.",
+        "schema": {"type": "string"},
+    },
+]
+
+
 def _json_body(model_name: str) -> dict[str, Any]:
-    """Describe to /docs a JSON request body that the route reads itself."""
+    """Describe to /docs a JSON request body that the route reads itself, and its headers."""
     schema = {"$ref": f"#/components/schemas/{model_name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {
+        "parameters": _HEADERS,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+    }
 
 
 def _admit(request: Request) -> tuple[JobClient, Admission, float, str | None]:
