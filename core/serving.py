@@ -8,6 +8,7 @@ with (they hold it), so a promotion or a rollback drops nothing.
 """
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from core.registry import resolve_model_dir
 from core.rollout import Routing
 from core.schemas import TripColumns, TripRequest
 
+_RETRY_LOAD_S = 30.0  # a version that failed to load is tried again after this long
+
 
 class ModelShelf:
     """Hold one process's models by version; load each at most once."""
@@ -28,6 +31,7 @@ class ModelShelf:
         self._default_version = default_version  # None: the version named in CURRENT
         self._models: dict[str, TripModel] = {}
         self._current: str | None = None
+        self._failed: dict[str, float] = {}  # version -> when it last failed to load
         self._lock = threading.Lock()
 
     @property
@@ -67,12 +71,17 @@ class ModelShelf:
         current version stays what it was.
         """
         for version in routing.versions:
-            if version not in self._models:
-                try:
-                    self.get(version)
-                    logger.info("model loaded", model_version=version)
-                except TripqError as exc:
-                    logger.error("cannot load model", model_version=version, error=exc.message)
+            failed_at = self._failed.get(version)
+            if version in self._models or (
+                failed_at is not None and time.monotonic() - failed_at < _RETRY_LOAD_S
+            ):
+                continue
+            try:
+                self.get(version)
+                logger.info("model loaded", model_version=version)
+            except TripqError as exc:
+                self._failed[version] = time.monotonic()
+                logger.error("cannot load model", model_version=version, error=exc.message)
         with self._lock:
             if routing.current in self._models and routing.current != self._current:
                 logger.info("serving model", model_version=routing.current, was=self._current)

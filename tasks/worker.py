@@ -183,7 +183,10 @@ def _follow_routing(consumer: Any, client: redis.Redis, consumed: set[str]) -> N
 
 def _keep_following(consumer: Any, client: redis.Redis, consumed: set[str]) -> None:
     while not _stop.wait(FOLLOW_EVERY_S):
-        _follow_routing(consumer, client, consumed)
+        try:
+            _follow_routing(consumer, client, consumed)
+        except Exception:  # a broker hiccup must not end the following for good
+            logger.exception("could not follow the model routing; retrying")
 
 
 def _restore_abandoned(app: Any) -> None:
