@@ -28,15 +28,9 @@ from core.trip_batch import parse_trip_batch
 router = APIRouter(prefix="/v1/trip", tags=["trip"])
 
 
+# X-Request-Timeout is described in each route's text rather than here: a generated client would
+# send tiny deadlines, whose honest answer is a 504.
 _HEADERS = [
-    {
-        "name": "X-Request-Timeout",
-        "in": "header",
-        "required": False,
-        "description": "Deadline in seconds (default REQUEST_TIMEOUT_S, capped by "
-        "REQUEST_TIMEOUT_MAX_S); also the task's expiry.",
-        "schema": {"type": "number", "exclusiveMinimum": 0},
-    },
     {
         "name": "X-Model-Version",
         "in": "header",
