@@ -85,6 +85,35 @@ class Settings(BaseSettings):
         default=600, description="How long an unread task result stays in Redis."
     )
 
+    # --- Async jobs (POST /v1/trip/jobs) and their webhooks ---
+    job_queue: str = Field(
+        default="tasks.trip.jobs", description="Queue of async jobs, apart from the online one."
+    )
+    job_queue_timeout_s: PositiveFloat = Field(
+        default=3600.0, description="A job not started within this is expired, never run."
+    )
+    job_run_timeout_s: PositiveFloat = Field(
+        default=300.0,
+        description="A job running this long without an end lost its worker and its task: "
+        "failed. Longer than REQUEST_TIMEOUT_MAX_S + 10 (a lost worker's task is rerun by then).",
+    )
+    job_result_ttl_s: PositiveInt = Field(
+        default=86_400, description="How long a finished job and its result stay readable."
+    )
+    jobs_max_queued: PositiveInt = Field(
+        default=10_000, description="Jobs waiting in their queue beyond which new ones get 429."
+    )
+    webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Shared secret that signs webhook bodies (HMAC-SHA256); empty: unsigned.",
+    )
+    webhook_max_attempts: PositiveInt = Field(
+        default=8, description="Deliveries of one webhook before it is given up as failed."
+    )
+    webhook_timeout_s: PositiveFloat = Field(
+        default=5.0, description="How long one webhook delivery waits for the receiver."
+    )
+
     # --- API ---
     api_host: str = "127.0.0.1"
     api_port: PositiveInt = 8182
@@ -120,6 +149,12 @@ class Settings(BaseSettings):
         if url is not None and urlsplit(url).scheme not in REDIS_SCHEMES:
             raise ValueError(f"must be a Redis URL ({', '.join(REDIS_SCHEMES)}), got {url!r}")
         return url
+
+    @model_validator(mode="after")
+    def _job_outlives_redelivery(self) -> "Settings":
+        if self.job_run_timeout_s <= self.request_timeout_max_s + 10:
+            raise ValueError("JOB_RUN_TIMEOUT_S must exceed REQUEST_TIMEOUT_MAX_S + 10")
+        return self
 
     @model_validator(mode="after")
     def _cert_needs_key(self) -> "Settings":

@@ -11,22 +11,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import (
     BackendUnavailable,
     DeadlineExceeded,
+    IdempotencyConflict,
     InvalidTrip,
+    JobConflict,
     ModelError,
     Overloaded,
     PredictionFailed,
     ReplyCode,
     TripqError,
     Unauthorized,
+    UnknownJob,
     VersionNotServed,
 )
-from core.schemas import ErrorReply, FieldError
+from core.schemas import ErrorReply, FieldError, JobReply
 
 RETRY_AFTER_S = 1
 
 # Most specific first: a handler is looked up by the exception's class hierarchy.
 STATUS_OF: dict[type[TripqError], int] = {
     VersionNotServed: 409,
+    UnknownJob: 404,
+    JobConflict: 409,
+    IdempotencyConflict: 422,
     InvalidTrip: 400,
     Unauthorized: 401,
     DeadlineExceeded: 504,
@@ -113,3 +119,28 @@ async def _domain_error(request: Request, exc: TripqError) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", path=request.url.path)
     return error_response(500, ReplyCode.SERVER_ERROR, "internal error")
+
+
+# What a predict route answers instead of waiting, to a client that sends Prefer: respond-async.
+ASYNC_RESPONSE: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": JobReply,
+        "description": "Prefer: respond-async, and no answer within the wait: the trips are now "
+        "an async job; read it at `Location`.",
+    }
+}
+
+# The error replies of the routes that read or cancel a job.
+# What POST /v1/trip/jobs adds to the predict routes' errors.
+IDEMPOTENCY_CONFLICT: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ErrorReply,
+        "description": "Idempotency-Key already used for another body (reply_code 1).",
+    }
+}
+
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: ERROR_RESPONSES[401],
+    404: {"model": ErrorReply, "description": "No such job is kept (reply_code 1)."},
+    503: ERROR_RESPONSES[503],
+}

@@ -22,14 +22,15 @@ from loguru import logger
 
 from apps.errors import install_error_handlers
 from apps.middleware import BodySizeLimit
-from apps.routers import health, trip
+from apps.routers import health, jobs, trip
 from config import Settings, get_settings
 from core.errors import ModelError
+from core.job_store import JobStore
 from core.jobs import JobClient
 from core.limits import Admission, watch_queue_depth
 from core.logs import configure_logging
 from core.registry import read_card, resolve_model_dir
-from core.schemas import BatchRequest, TripRequest
+from core.schemas import BatchRequest, JobBatch, JobTrip, TripRequest
 
 # How long start-up waits for the result subscription before serving (503s until it is up).
 _SUBSCRIBE_WAIT_S = 2.0
@@ -60,18 +61,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.api_keys = settings.api_key_set
         app.state.model_version = serving_version(settings)
-        app.state.jobs = jobs = JobClient.from_settings(settings)
+        app.state.jobs = client = JobClient.from_settings(settings)
         app.state.admission = admission = Admission(
             max_pending=settings.max_pending_requests, max_queue_depth=settings.queue_max_depth
         )
-        await jobs.start(wait_s=_SUBSCRIBE_WAIT_S)
-        watcher = asyncio.create_task(watch_queue_depth(jobs.queue_depth, admission))
+        app.state.job_store = JobStore(
+            client.broker,
+            queue=settings.job_queue,
+            queue_timeout_s=settings.job_queue_timeout_s,
+            result_ttl_s=settings.job_result_ttl_s,
+            run_timeout_s=settings.job_run_timeout_s,
+            max_queued=settings.jobs_max_queued,
+            origin=client.origin,
+        )
+        await client.start(wait_s=_SUBSCRIBE_WAIT_S)
+        watcher = asyncio.create_task(watch_queue_depth(client.queue_depth, admission))
         logger.info("api ready", model_version=app.state.model_version)
         try:
             yield
         finally:
             watcher.cancel()
-            await jobs.close()
+            await client.close()
 
     app = FastAPI(
         title="tripq",
@@ -83,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(trip.router)
+    app.include_router(jobs.router)
     app.include_router(health.router)
     _document_request_schemas(app)
     return app
@@ -96,7 +107,7 @@ def _document_request_schemas(app: FastAPI) -> None:
         if app.openapi_schema is None:
             spec = generate()
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (TripRequest, BatchRequest):
+            for model in (TripRequest, BatchRequest, JobTrip, JobBatch):
                 schemas[model.__name__] = model.model_json_schema(
                     ref_template="#/components/schemas/{model}"
                 )

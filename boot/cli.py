@@ -67,7 +67,7 @@ def worker_argv(settings: Settings, index: int, concurrency: int) -> list[str]:
         sys.executable, "-m", "celery", "--app", "tasks.app", "worker",
         "--pool", "gevent",
         "--concurrency", str(concurrency),
-        "--queues", settings.queue,
+        "--queues", f"{settings.queue},{settings.job_queue}",
         "--hostname", f"trip{index}@%h",
         "--loglevel", settings.log_level,
         # No start-up sync or gossip between workers: tripq tracks workers by heartbeat.

@@ -2,7 +2,10 @@
 
     TripqError                     reply_code 3  server error
     ├── InvalidTrip                reply_code 1  the request breaks the contract
-    │   └── VersionNotServed       reply_code 1  it pins a model version no live worker holds
+    │   ├── VersionNotServed       reply_code 1  it pins a model version no live worker holds
+    │   ├── UnknownJob             reply_code 1  no such job (never was, or no longer kept)
+    │   ├── JobConflict            reply_code 1  the job is past the state the request needs
+    │   └── IdempotencyConflict    reply_code 1  an Idempotency-Key reused for another body
     ├── DeadlineExceeded           reply_code 2  no answer within the request's deadline
     ├── Overloaded                 reply_code 4  tripq refuses new work for now
     ├── BackendUnavailable         reply_code 5  Redis does not answer
@@ -47,6 +50,18 @@ class InvalidTrip(TripqError):
 
 class VersionNotServed(InvalidTrip):
     """A request pinned to a model version that no live worker holds."""
+
+
+class UnknownJob(InvalidTrip):
+    """A job id that names no job kept in Redis."""
+
+
+class JobConflict(InvalidTrip):
+    """A request about a job in a state that does not allow it (cancel a running job)."""
+
+
+class IdempotencyConflict(InvalidTrip):
+    """An Idempotency-Key already used with a different request body."""
 
 
 class DeadlineExceeded(TripqError):

@@ -136,6 +136,16 @@ class JobClient:
         )
 
     @property
+    def broker(self) -> Redis:
+        """The broker's connection pool, for other users of the same Redis (core.job_store)."""
+        return self._broker
+
+    @property
+    def origin(self) -> str:
+        """This process, as the tasks it sends name their origin."""
+        return self._origin
+
+    @property
     def available(self) -> bool:
         """Tell whether work can be sent now: results are listened for and Redis answers."""
         return self._broker_answers and self._subscribed.is_set()
@@ -257,11 +267,33 @@ class JobClient:
             if not pending.future.done():
                 pending.future.set_result(TripAnswer(duration, answer))
 
+    async def predict_columns(
+        self, columns: Mapping[str, Sequence[int] | Sequence[float]], timeout_s: float
+    ) -> BatchPrediction:
+        """Predict trips already laid out as the columns of a batch task (see `batch_columns`)
+        as one task, within `timeout_s`; for callers that hold many rows, such as `tripq score`.
+        """
+        if not self.available:
+            raise BackendUnavailable("Redis is not reachable")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            return await self._send_columns(columns, deadline, None)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
+
     async def _run_batch(
         self, trips: Sequence[TripRequest], deadline: float, version: str | None
     ) -> BatchPrediction:
         """Send `trips` as one task for model `version` and return their predictions;
         TimeoutError at `deadline`."""
+        return await self._send_columns(batch_columns(trips), deadline, version)
+
+    async def _send_columns(
+        self,
+        columns: Mapping[str, Sequence[int] | Sequence[float]],
+        deadline: float,
+        version: str | None,
+    ) -> BatchPrediction:
         loop = asyncio.get_running_loop()
         task_id = f"{self._inbox}-{uuid.uuid4().hex}"
         queue = self._queue if version is None else version_queue(self._queue, version)
@@ -272,7 +304,7 @@ class JobClient:
             task_id=task_id,
             task_name=PREDICT_BATCH_TASK,
             queue=queue,
-            args=[batch_columns(trips)],
+            args=[columns],
             kwargs=kwargs,
             # The task expires with its requests: no worker computes an answer nobody awaits.
             expires=datetime.now(UTC) + timedelta(seconds=max(0.0, deadline - loop.time())),
@@ -286,7 +318,7 @@ class JobClient:
                 outcome = await future
         finally:
             self._pending.pop(task_id, None)
-        return batch_prediction(outcome, len(trips))
+        return batch_prediction(outcome, len(columns["trip_distance"]))
 
     async def ping(self) -> bool:
         """Tell whether both Redis roles answer."""

@@ -39,18 +39,23 @@ def encode_task(
     queue: str,
     args: list[Any],
     kwargs: dict[str, Any],
-    expires: datetime,
+    expires: datetime | None,
     origin: str,
+    ignore_result: bool = False,
 ) -> bytes:
-    """Encode a task as the JSON envelope a Celery worker pops from the Redis list `queue`."""
-    body = orjson.dumps([args, kwargs, _NO_EMBED])
+    """Encode a task as the JSON envelope a Celery worker pops from the Redis list `queue`.
+
+    `expires` None: the task never expires; `ignore_result`: the worker stores no result.
+    """
+    # Arguments may hold numpy arrays (whole columns, from `tripq score`): written as JSON lists.
+    body = orjson.dumps([args, kwargs, _NO_EMBED], option=orjson.OPT_SERIALIZE_NUMPY)
     headers: dict[str, Any] = {
         "lang": "py",
         "task": task_name,
         "id": task_id,
         "shadow": None,
         "eta": None,
-        "expires": expires.isoformat(),
+        "expires": expires.isoformat() if expires is not None else None,
         "group": None,
         "group_index": None,
         "retries": 0,
@@ -61,7 +66,7 @@ def encode_task(
         "argsrepr": "(...)",
         "kwargsrepr": "{...}",
         "origin": origin,
-        "ignore_result": False,
+        "ignore_result": ignore_result,
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},

@@ -1,5 +1,6 @@
 """Reading a batch request: the envelope must be right, each trip may be wrong on its own."""
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -62,3 +63,22 @@ def _describe(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in error["loc"]) or "trip"
         parts.append(f"{field}: {error['msg']}")
     return "; ".join(parts)
+
+
+def merge_replies(
+    request_ids: Sequence[str],
+    durations: Sequence[float],
+    refused: Mapping[int, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Lay out a batch's replies in the order of its trips: a duration for each valid trip (ids
+    and durations in order), the refusal of each invalid one at its position."""
+    answered = iter(zip(request_ids, durations, strict=True))
+    replies: list[dict[str, Any]] = []
+    for position in range(len(request_ids) + len(refused)):
+        outcome = refused.get(position)
+        if outcome is not None:
+            replies.append(outcome)
+        else:
+            request_id, duration = next(answered)
+            replies.append({"reply_code": 0, "request_id": request_id, "duration": duration})
+    return replies

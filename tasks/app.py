@@ -35,7 +35,7 @@ app = Celery(
     "tripq",
     broker=settings.broker_url,
     backend=settings.result_backend,
-    include=["tasks.trip.tasks", "tasks.worker"],
+    include=["tasks.trip.tasks", "tasks.trip.jobs", "tasks.worker"],
 )
 app.conf.update(
     # JSON only, both ways: a worker never unpickles what it reads from Redis.
@@ -44,7 +44,10 @@ app.conf.update(
     accept_content=["json"],
     result_accept_content=["json"],
     task_default_queue=settings.queue,
-    task_routes={"tasks.trip.*": {"queue": settings.queue}},
+    task_routes={
+        "tasks.trip.jobs.*": {"queue": settings.job_queue},
+        "tasks.trip.*": {"queue": settings.queue},
+    },
     result_expires=settings.result_ttl_s,
     # One result backend (and Redis connection pool) per process. By default Celery keeps one per
     # thread, and under gevent every greenlet is a thread: each task would open a new connection.

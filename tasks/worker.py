@@ -31,7 +31,8 @@ from tasks.offload import run_off_hub, set_offload_threads
 settings = get_settings()
 model_shelf = ModelShelf(settings.artifact_dir, settings.serving_version)
 
-_stop = threading.Event()
+# Set when the worker shuts down: its background threads end.
+stopping = threading.Event()
 
 # How often a worker looks for tasks abandoned by a dead worker: three cheap Redis round trips.
 RESTORE_EVERY_S = 2.0
@@ -108,7 +109,7 @@ def _on_ready(sender: Any, **_: Any) -> None:
         logger.error("no usable model", worker=name, error=exc.message)
     # Follow the routing once before the first heartbeat: a worker that says it holds a version
     # already takes that version's tasks.
-    client, consumed = _redis(), set[str]()
+    client, consumed = broker_client(), set[str]()
     _follow_routing(sender, client, consumed)
     concurrency = int(sender.controller.concurrency) if sender.controller else 0
     # A native thread under a non-gevent pool; a greenlet under gevent (threading is patched).
@@ -125,16 +126,16 @@ def _on_ready(sender: Any, **_: Any) -> None:
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _on_shutdown(sender: Any, **_: Any) -> None:
-    _stop.set()
+    stopping.set()
     try:
-        client = _redis()
+        client = broker_client()
         client.zrem(fleet.WORKERS_KEY, sender.hostname)
         client.hdel(fleet.WORKERS_INFO_KEY, sender.hostname)
     except redis.RedisError as exc:
         logger.warning("could not remove heartbeat", error=str(exc))
 
 
-def _redis() -> redis.Redis:
+def broker_client() -> redis.Redis:
     return redis.Redis.from_url(
         settings.broker_url,
         socket_connect_timeout=settings.redis_connect_timeout_s,
@@ -145,8 +146,8 @@ def _redis() -> redis.Redis:
 
 def _beat(name: str, concurrency: int) -> None:
     """Write this worker's heartbeat every interval, surviving Redis outages."""
-    client = _redis()
-    while not _stop.is_set():
+    client = broker_client()
+    while not stopping.is_set():
         info = fleet.encode_worker_info(
             model_shelf.loaded_version, model_shelf.versions, concurrency
         )
@@ -157,7 +158,7 @@ def _beat(name: str, concurrency: int) -> None:
                 pipe.execute()
         except redis.RedisError as exc:
             logger.warning("heartbeat failed", worker=name, error=str(exc))
-        _stop.wait(settings.worker_heartbeat_s)
+        stopping.wait(settings.worker_heartbeat_s)
 
 
 def _follow_routing(consumer: Any, client: redis.Redis, consumed: set[str]) -> None:
@@ -182,7 +183,7 @@ def _follow_routing(consumer: Any, client: redis.Redis, consumed: set[str]) -> N
 
 
 def _keep_following(consumer: Any, client: redis.Redis, consumed: set[str]) -> None:
-    while not _stop.wait(FOLLOW_EVERY_S):
+    while not stopping.wait(FOLLOW_EVERY_S):
         try:
             _follow_routing(consumer, client, consumed)
         except Exception:  # a broker hiccup must not end the following for good
@@ -203,7 +204,7 @@ def _restore_abandoned(app: Any) -> None:
     """
     connection = app.connection_for_read()
     try:
-        while not _stop.wait(RESTORE_EVERY_S):
+        while not stopping.wait(RESTORE_EVERY_S):
             try:
                 connection.default_channel.qos.restore_visible(num=None, interval=1)
             except _restore_errors(connection) as exc:

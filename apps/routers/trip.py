@@ -6,24 +6,23 @@ re-validation this halves the API's CPU per request, and the API process is what
 throughput. The request models are still published in /docs (see apps.main).
 """
 
-import math
 import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from pydantic import ValidationError
-from starlette.datastructures import Headers
 
-from apps.errors import ERROR_RESPONSES
-from config import Settings
-from core.errors import InvalidTrip, ReplyCode, TripqError, Unauthorized
+from apps.checks import MODEL_VERSION_HEADER, check_client, deadline
+from apps.errors import ASYNC_RESPONSE, ERROR_RESPONSES
+from apps.routers.jobs import accept_job, async_preference
+from core.errors import DeadlineExceeded, ReplyCode, TripqError
 from core.jobs import JobClient
 from core.limits import Admission
 from core.schemas import BatchReply, TripReply, TripRequest
-from core.trip_batch import parse_trip_batch
+from core.trip_batch import merge_replies, parse_trip_batch
 
 router = APIRouter(prefix="/v1/trip", tags=["trip"])
 
@@ -31,13 +30,15 @@ router = APIRouter(prefix="/v1/trip", tags=["trip"])
 # X-Request-Timeout is described in each route's text rather than here: a generated client would
 # send tiny deadlines, whose honest answer is a 504.
 _HEADERS = [
+    MODEL_VERSION_HEADER,
     {
-        "name": "X-Model-Version",
+        "name": "Prefer",
         "in": "header",
         "required": False,
-        "description": "Pin the model version that must answer (409 when no live worker holds "
-        "it); by default the current version, or the canary for its share of requests.",
-        "schema": {"type": "string"},
+        "description": "`respond-async` (RFC 7240): when no answer comes within the deadline, "
+        "or within `wait=N` seconds if sent, answer 202 with an async job (see /v1/trip/jobs) "
+        "instead of 504; `wait=0` queues the job at once.",
+        "schema": {"type": "string", "examples": ["respond-async, wait=2"]},
     },
 ]
 
@@ -52,48 +53,17 @@ def _json_body(model_name: str) -> dict[str, Any]:
 
 
 def _admit(request: Request) -> tuple[JobClient, Admission, float, str | None]:
-    """Check what every predict request must pass before its body is read; return its deadline
-    and the model version that must answer it (None: any worker's current one).
-
-    Reads app state rather than declared dependencies: FastAPI's dependency solving costs more
-    per request than everything tripq itself does on this path.
-    """
-    settings: Settings = request.app.state.settings
-    headers = request.headers
-    keys = request.app.state.api_keys
-    if keys and headers.get("x-api-key") not in keys:
-        raise Unauthorized("X-API-Key: missing or not valid")
-    content_type = headers.get("content-type")
-    if content_type is not None and not _is_json(content_type):
-        raise HTTPException(415, f"content-type: expected application/json, got {content_type}")
-    jobs: JobClient = request.app.state.jobs
-    version = jobs.route(headers.get("x-model-version"))
-    return jobs, request.app.state.admission, _deadline(headers, settings), version
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
-def _deadline(headers: Headers, settings: Settings) -> float:
-    """Read the client's X-Request-Timeout (seconds), capped by config; else the default."""
-    asked = headers.get("x-request-timeout")
-    if asked is None:
-        return settings.request_timeout_s
-    try:
-        seconds = float(asked)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise InvalidTrip(f"X-Request-Timeout: must be a positive number of seconds, got {asked!r}")
-    return min(seconds, settings.request_timeout_max_s)
+    """Check a predict request before its body is read; return its deadline and the model
+    version that must answer it (None: any worker's current one)."""
+    version = check_client(request)
+    timeout_s = deadline(request.headers, request.app.state.settings)
+    return request.app.state.jobs, request.app.state.admission, timeout_s, version
 
 
 @router.post(
     "/predict",
     response_model=TripReply,
-    responses=ERROR_RESPONSES,
+    responses=ERROR_RESPONSES | ASYNC_RESPONSE,
     openapi_extra=_json_body("TripRequest"),
 )
 async def predict_trip(request: Request) -> Response:
@@ -108,15 +78,21 @@ async def predict_trip(request: Request) -> Response:
     """
     started = time.perf_counter()
     jobs, admission, timeout_s, version = _admit(request)
+    wait_s = async_preference(request.headers)
+    body = await request.body()
     try:
-        trip = TripRequest.model_validate_json(await request.body())
+        trip = TripRequest.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     request.state.request_id = trip.request_id
+    if wait_s == 0:
+        return await accept_job(request, body, version, preference_applied=True)
     try:
         with admission.hold():
-            answer = await jobs.predict(trip, timeout_s, version)
+            answer = await jobs.predict(trip, min(timeout_s, wait_s or timeout_s), version)
     except TripqError as exc:
+        if wait_s is not None and isinstance(exc, DeadlineExceeded):
+            return await accept_job(request, body, version, preference_applied=True)
         logger.info(
             "predict",
             request_id=trip.request_id,
@@ -151,7 +127,7 @@ async def predict_trip(request: Request) -> Response:
 @router.post(
     "/predict/batch",
     response_model=BatchReply,
-    responses=ERROR_RESPONSES,
+    responses=ERROR_RESPONSES | ASYNC_RESPONSE,
     openapi_extra=_json_body("BatchRequest"),
 )
 async def predict_trip_batch(request: Request) -> Response:
@@ -163,21 +139,26 @@ async def predict_trip_batch(request: Request) -> Response:
     """
     started = time.perf_counter()
     jobs, admission, timeout_s, version = _admit(request)
-    trips, refused = parse_trip_batch(await request.body())
+    wait_s = async_preference(request.headers)
+    body = await request.body()
+    trips, refused = parse_trip_batch(body)
+    if wait_s == 0:
+        return await accept_job(request, body, version, preference_applied=True)
     chunk_size = request.app.state.settings.batch_chunk_size
-    with admission.hold(len(trips)):
-        answers = await jobs.predict_many(trips, timeout_s, chunk_size, version)
-    durations = iter([d for answer in answers for d in answer.durations])
-    valid = iter(trips)
-    replies: list[dict[str, Any]] = []
-    for position in range(len(trips) + len(refused)):
-        outcome = refused.get(position)
-        if outcome is not None:
-            replies.append(outcome.model_dump(exclude_none=True))
-        else:
-            replies.append(
-                {"reply_code": 0, "request_id": next(valid).request_id, "duration": next(durations)}
+    try:
+        with admission.hold(len(trips)):
+            answers = await jobs.predict_many(
+                trips, min(timeout_s, wait_s or timeout_s), chunk_size, version
             )
+    except DeadlineExceeded:
+        if wait_s is None:
+            raise
+        return await accept_job(request, body, version, preference_applied=True)
+    replies = merge_replies(
+        [t.request_id for t in trips],
+        [d for answer in answers for d in answer.durations],
+        {p: o.model_dump(exclude_none=True) for p, o in refused.items()},
+    )
     total_ms = _ms_since(started)
     logger.info("predict batch", trips=len(replies), refused=len(refused), total_ms=total_ms)
     reply = {

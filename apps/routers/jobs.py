@@ -1,0 +1,233 @@
+"""Async jobs: accept trips now, answer later, by polling or by webhook.
+
+    POST   /v1/trip/jobs            202 + Location: the job is queued (durably, in Redis)
+    GET    /v1/trip/jobs/{job_id}   its state, timestamps, and its result once it has one
+    DELETE /v1/trip/jobs/{job_id}   cancel it while it is still queued
+
+The predict routes hand work here too, when the client sends `Prefer: respond-async` and its
+wait runs out (see `async_preference`): a slow fleet then answers 202 and a job, not 504.
+"""
+
+import hashlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+from starlette.datastructures import Headers
+
+from apps.checks import MODEL_VERSION_HEADER, check_api_key, check_client
+from apps.errors import (
+    ERROR_RESPONSES,
+    IDEMPOTENCY_CONFLICT,
+    JOB_RESPONSES,
+    RETRY_AFTER_S,
+)
+from core.errors import (
+    BackendUnavailable,
+    IdempotencyConflict,
+    InvalidTrip,
+    JobConflict,
+    Overloaded,
+    UnknownJob,
+)
+from core.job_store import JobStore, idempotency_key
+from core.jobs import JobClient, batch_columns
+from core.rollout import version_queue
+from core.schemas import CallbackUrl, JobReply, JobState, TripRequest
+from core.trip_batch import parse_trip_batch
+
+router = APIRouter(prefix="/v1/trip/jobs", tags=["jobs"])
+
+_CALLBACK_URL: TypeAdapter[Any] = TypeAdapter(CallbackUrl)
+_MAX_IDEMPOTENCY_KEY = 255
+
+_IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Send a request again under the same key (1-255 characters) and get the same "
+    "job back, not a second one; the same key with another body answers 422.",
+    "schema": {"type": "string", "maxLength": _MAX_IDEMPOTENCY_KEY},
+}
+
+_JOB_BODY = {
+    "parameters": [_IDEMPOTENCY_HEADER, MODEL_VERSION_HEADER],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/JobTrip"},
+                        {"$ref": "#/components/schemas/JobBatch"},
+                    ]
+                }
+            }
+        },
+    },
+}
+
+
+def async_preference(headers: Headers) -> float | None:
+    """Read `Prefer: respond-async[, wait=N]` (RFC 7240): None when the client did not ask for
+    an async reply, else how many seconds it would wait for a synchronous one (inf: its
+    deadline)."""
+    preferences = [p.strip().lower() for v in headers.getlist("prefer") for p in v.split(",")]
+    if "respond-async" not in preferences:
+        return None
+    for preference in preferences:
+        name, _, value = preference.partition("=")
+        if name.strip() == "wait":
+            try:
+                return max(0.0, float(value.strip()))
+            except ValueError:
+                message = f"Prefer: wait must be a number of seconds, got {value!r}"
+                raise InvalidTrip(message) from None
+    return float("inf")
+
+
+def _job_store(request: Request) -> JobStore:
+    check_api_key(request)
+    store: JobStore = request.app.state.job_store
+    jobs: JobClient = request.app.state.jobs
+    if not jobs.available:
+        raise BackendUnavailable("Redis is not reachable")
+    return store
+
+
+def _parse_job(body: bytes) -> tuple[dict[str, Any], int, str | None]:
+    """Read a job body, one trip or a batch: (task payload, trips, callback URL)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTrip(f"body: invalid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise InvalidTrip('body: expected a trip or {"trips": [...]}')
+    callback = document.get("callback_url")
+    if callback is not None:
+        try:
+            callback = str(_CALLBACK_URL.validate_python(callback))
+        except ValidationError as exc:
+            raise InvalidTrip(f"callback_url: {exc.errors()[0]['msg']}") from None
+    if "trips" in document:
+        trips, refused = parse_trip_batch(body)
+    else:
+        try:
+            trips, refused = [TripRequest.model_validate(document)], {}
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+    payload = {
+        "columns": batch_columns(trips),
+        "request_ids": [t.request_id for t in trips],
+        "refused": {str(p): o.model_dump(exclude_none=True) for p, o in refused.items()},
+    }
+    return payload, len(trips) + len(refused), callback
+
+
+def _idempotency(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY and key.isprintable()):
+        raise InvalidTrip(f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+    # Keys are the client's: two clients (API keys) never share one.
+    return idempotency_key(request.headers.get("x-api-key", ""), key)
+
+
+async def accept_job(
+    request: Request, body: bytes, version: str | None, *, preference_applied: bool = False
+) -> Response:
+    """Queue the job `body` describes, answered by model `version` (None: current), and reply
+    202 with its view and Location."""
+    store = _job_store(request)
+    payload, trips, callback = _parse_job(body)
+    idempotency = _idempotency(request)
+    body_sha = hashlib.sha256(f"{version or ''}\0".encode() + body).hexdigest()
+    settings = request.app.state.settings
+    created = await store.create(
+        payload=payload,
+        trips=trips,
+        body_sha=body_sha,
+        idempotency=idempotency,
+        callback_url=callback,
+        version=version,
+        job_queue=None if version is None else version_queue(settings.queue, version),
+    )
+    if created is None:
+        raise Overloaded(f"{settings.jobs_max_queued} jobs are queued already; retry later")
+    job_id, created_sha = created
+    if created_sha != body_sha:
+        raise IdempotencyConflict("Idempotency-Key: already used for a different request")
+    view = await store.read(job_id)
+    if view is None:  # removed between the two calls: only with a result TTL of ~0
+        raise UnknownJob(f"job {job_id}: not found")
+    headers = {"Location": _status_url(job_id), "Retry-After": str(RETRY_AFTER_S)}
+    if preference_applied:
+        headers["Preference-Applied"] = "respond-async"
+    return Response(orjson.dumps(_reply(view)), 202, headers, media_type="application/json")
+
+
+def _status_url(job_id: str) -> str:
+    return f"{router.prefix}/{job_id}"
+
+
+def _reply(view: dict[str, Any]) -> dict[str, Any]:
+    return {**view, "status_url": _status_url(view["job_id"])}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobReply,
+    responses=ERROR_RESPONSES | IDEMPOTENCY_CONFLICT,
+    openapi_extra=_JOB_BODY,
+)
+async def submit_job(request: Request) -> Response:
+    """Queue one trip, or a batch of up to 10,000, to be predicted later; answers 202 at once.
+
+    Read the job at its `Location` (or `status_url`) until its state is final: `succeeded`
+    (with `result`: one reply per trip, in order, like `/v1/trip/predict/batch`), `failed`
+    (with `error`), `expired` (no worker started it within JOB_QUEUE_TIMEOUT_S) or `canceled`.
+    A job is kept JOB_RESULT_TTL_S after it ends, then answers 404. With `callback_url`, tripq
+    also POSTs the job there when it ends, signed in `X-Tripq-Signature` (see the README). An
+    accepted job survives a worker crash and, with Redis's append-only file, a Redis restart.
+    `X-Model-Version` pins the version that answers; `Idempotency-Key` makes a retry safe.
+    """
+    version = check_client(request)
+    return await accept_job(request, await request.body(), version)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobReply,
+    responses=JOB_RESPONSES,
+)
+async def read_job(job_id: str, request: Request) -> Response:
+    """Read a job: its state, timestamps, and its result once it succeeded."""
+    view = await _job_store(request).read(job_id)
+    if view is None:
+        raise UnknownJob(f"job {job_id}: not found (unknown, or removed after it ended)")
+    final = view["state"] in {JobState.SUCCEEDED, JobState.FAILED, JobState.EXPIRED}
+    headers = {} if final else {"Retry-After": str(RETRY_AFTER_S)}
+    return Response(orjson.dumps(_reply(view)), headers=headers, media_type="application/json")
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobReply,
+    responses=JOB_RESPONSES | {409: ERROR_RESPONSES[409]},
+)
+async def cancel_job(job_id: str, request: Request) -> Response:
+    """Cancel a job that no worker has started; 409 once it runs or has ended otherwise."""
+    store = _job_store(request)
+    state = await store.cancel(job_id)
+    if state is None:
+        raise UnknownJob(f"job {job_id}: not found (unknown, or removed after it ended)")
+    if state != JobState.CANCELED:
+        raise JobConflict(f"job {job_id}: is {state}; only a queued job can be canceled")
+    view = await store.read(job_id)
+    if view is None:
+        raise UnknownJob(f"job {job_id}: not found")
+    return Response(orjson.dumps(_reply(view)), media_type="application/json")
