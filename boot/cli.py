@@ -17,6 +17,7 @@ from rich.table import Table
 from boot.cli_bench import bench
 from boot.cli_model import evaluate, train
 from boot.cli_models import models_app
+from boot.cli_score import score
 from boot.procs import ProcessGroup
 from config import Settings, get_settings
 from core.errors import TripqError
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.command(help="Train a model from NYC TLC trip files.")(train)
 app.command(help="Print a trained model's metrics on NYC TLC trip files.")(evaluate)
 app.command(help="Benchmark tripq beside the alternatives; writes bench/results/.")(bench)
+app.command(help="Score a trip file through the workers (resumable); the last line is JSON.")(score)
 app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)

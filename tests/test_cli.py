@@ -11,7 +11,9 @@ import redis
 
 from tests.support import START_TIMEOUT_S, Service, heartbeat_since, tripq_env, wait_until
 
-COMMANDS = ["up", "api", "worker", "workers", "predict", "train", "evaluate", "bench"]
+COMMANDS = [
+    "up", "api", "worker", "workers", "predict", "train", "evaluate", "bench", "score"
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
