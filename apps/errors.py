@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import (
     BackendUnavailable,
@@ -32,7 +33,7 @@ STATUS_OF: dict[type[TripqError], int] = {
     VersionNotServed: 409,
     UnknownJob: 404,
     JobConflict: 409,
-    IdempotencyConflict: 422,
+    IdempotencyConflict: 409,
     InvalidTrip: 400,
     Unauthorized: 401,
     DeadlineExceeded: 504,
@@ -106,8 +107,21 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     """Answer HTTP-level refusals (404, 405, 413, 415 ...) in tripq's error shape."""
     code = ReplyCode.INVALID_REQUEST if exc.status_code < 500 else ReplyCode.SERVER_ERROR
     response = error_response(exc.status_code, code, str(exc.detail))
-    response.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only; a path served by
+        # several routes (GET and DELETE of a job) allows all of theirs.
+        response.headers["Allow"] = ", ".join(sorted(_methods_on_path(request)))
     return response
+
+
+def _methods_on_path(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return methods
 
 
 async def _domain_error(request: Request, exc: TripqError) -> JSONResponse:
@@ -131,11 +145,12 @@ ASYNC_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 # The error replies of the routes that read or cancel a job.
-# What POST /v1/trip/jobs adds to the predict routes' errors.
+# What POST /v1/trip/jobs says of 409, beside the predict routes' reason.
 IDEMPOTENCY_CONFLICT: dict[int | str, dict[str, Any]] = {
-    422: {
+    409: {
         "model": ErrorReply,
-        "description": "Idempotency-Key already used for another body (reply_code 1).",
+        "description": "X-Model-Version names a version no live worker holds, or "
+        "Idempotency-Key was used already for another body (reply_code 1).",
     }
 }
 

@@ -27,7 +27,15 @@ def fuzz(base: str, *options: str) -> subprocess.CompletedProcess[str]:
 def test_every_operation_but_the_batch_answers_generated_requests_as_documented(
     platform: str,
 ) -> None:
-    run = fuzz(platform, "--exclude-path", "/v1/trip/predict/batch")
+    # DELETE of a job cancels it, and the job stays readable as `canceled` until it is removed:
+    # the jobs' contract, not a deleted resource still served, so that one check is off.
+    run = fuzz(
+        platform,
+        "--exclude-path",
+        "/v1/trip/predict/batch",
+        "--exclude-checks",
+        "use_after_free",
+    )
 
     assert run.returncode == 0, run.stdout[-6000:]
 

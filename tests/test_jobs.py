@@ -151,7 +151,7 @@ def test_the_same_idempotency_key_gives_back_the_same_job_and_refuses_another_bo
     assert first.status_code == again.status_code == fresh.status_code == 202
     assert again.json()["job_id"] == first.json()["job_id"]
     assert fresh.json()["job_id"] != first.json()["job_id"]
-    assert other.status_code == 422
+    assert other.status_code == 409
     assert other.json()["message"].startswith("Idempotency-Key:")
     assert len(redis_client.keys(job_key(first.json()["job_id"]))) == 1
 

@@ -48,8 +48,8 @@ _IDEMPOTENCY_HEADER = {
     "in": "header",
     "required": False,
     "description": "Send a request again under the same key (1-255 characters) and get the same "
-    "job back, not a second one; the same key with another body answers 422.",
-    "schema": {"type": "string", "maxLength": _MAX_IDEMPOTENCY_KEY},
+    "job back, not a second one; the same key with another body answers 409.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": _MAX_IDEMPOTENCY_KEY},
 }
 
 _JOB_BODY = {
@@ -130,7 +130,7 @@ def _idempotency(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY and key.isprintable()):
+    if not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
         raise InvalidTrip(f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
     # Keys are the client's: two clients (API keys) never share one.
     return idempotency_key(request.headers.get("x-api-key", ""), key)
