@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from core.redis_server import EmbeddedRedis
-from tests.support import Service, free_port, start_api, start_worker, tripq_env
+from tests.support import free_port, running_platform, tripq_env
 
 _databases = itertools.count(1)
 
@@ -60,13 +60,5 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def platform(redis_url: str, log_dir: Path) -> Iterator[str]:
     """Run one worker and the API against the module's Redis; yield the API's base URL."""
-    env = tripq_env(redis_url, log_dir)
-    worker = start_worker(env, log_dir)
-    api: Service | None = None
-    try:
-        api, base = start_api(env, log_dir)
+    with running_platform(tripq_env(redis_url, log_dir), log_dir) as base:
         yield base
-    finally:
-        if api is not None:
-            api.stop()
-        worker.stop()

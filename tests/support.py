@@ -1,6 +1,7 @@
 """Helpers that run real tripq processes for the tests: workers, the API, bounded waits."""
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -151,6 +152,20 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[Service, str]:
 
     wait_until(answers, START_TIMEOUT_S, "the API to answer /health")
     return api, base
+
+
+@contextlib.contextmanager
+def running_platform(env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """Run one worker and the API with `env`; yield the API's base URL, and stop both."""
+    worker = start_worker(env, log_dir)
+    api: Service | None = None
+    try:
+        api, base = start_api(env, log_dir)
+        yield base
+    finally:
+        if api is not None:
+            api.stop()
+        worker.stop()
 
 
 class WorkerProcess(Service):

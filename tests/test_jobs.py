@@ -21,7 +21,7 @@ from core.model import TripModel, load_model
 from core.registry import resolve_model_dir
 from core.schemas import TripRequest
 from core.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import Service, start_api, start_worker, tripq_env, wait_until
+from tests.support import running_platform, start_api, start_worker, tripq_env, wait_until
 
 SECRET = "webhook-test-secret"
 RESULT_TTL_S = 600
@@ -50,15 +50,8 @@ def base(redis_url: str, log_dir: Path) -> Iterator[str]:
         webhook_max_attempts=WEBHOOK_ATTEMPTS,
         job_result_ttl_s=RESULT_TTL_S,
     )
-    worker = start_worker(env, log_dir)
-    api: Service | None = None
-    try:
-        api, url = start_api(env, log_dir)
+    with running_platform(env, log_dir) as url:
         yield url
-    finally:
-        if api is not None:
-            api.stop()
-        worker.stop()
 
 
 def idle_env(redis_url: str, log_dir: Path) -> dict[str, str]:

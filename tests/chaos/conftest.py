@@ -21,9 +21,21 @@ from config import PROJECT_ROOT
 from core.model import TripModel, load_model
 from core.redis_server import EmbeddedRedis
 from core.registry import resolve_model_dir
-from tests.support import Outcome, free_port
+from tests.support import Outcome, free_port, tripq_env
 
 FULL = os.environ.get("CHAOS_FULL", "") not in ("", "0")
+
+# REQUEST_TIMEOUT_S and REQUEST_TIMEOUT_MAX_S of the tests that kill or stop things: short, so that
+# deadlines pass and abandoned tasks come back (after the visibility timeout) within a test.
+DEADLINE_S = 2.0
+
+
+def short_deadline_env(redis_url: str, log_dir: Path) -> dict[str, str]:
+    """The environment of processes whose deadlines, all of them, are DEADLINE_S."""
+    return tripq_env(
+        redis_url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
+    )
+
 
 _FIGURES = pytest.StashKey[list[str]]()
 

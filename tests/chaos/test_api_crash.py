@@ -16,10 +16,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import redis
 
 from core.redis_server import EmbeddedRedis
-from tests.chaos.conftest import Scale
+from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
 from tests.support import (
     Load,
     Outcome,
@@ -32,7 +33,6 @@ from tests.support import (
     wait_until,
 )
 
-DEADLINE_S = 2.0
 SLACK_S = 1.0
 REPLACED_WITHIN_S = 20.0
 # Long enough for a worker to start (it loads its model) while the request waits.
@@ -60,9 +60,7 @@ def test_api_process_sigkill_fails_only_its_own_connections_and_gunicorn_replace
     wrong_durations: Callable[[list[Outcome]], list[Outcome]],
     figures: Callable[[str], None],
 ) -> None:
-    env = tripq_env(
-        own_redis.url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
-    )
+    env = short_deadline_env(own_redis.url, log_dir)
     with ExitStack() as processes:
         client = redis.Redis.from_url(own_redis.url)
         processes.callback(client.close)
@@ -71,11 +69,16 @@ def test_api_process_sigkill_fails_only_its_own_connections_and_gunicorn_replace
         api, base = start_api_processes(env, log_dir, 2)
         processes.callback(api.stop)
 
-        wait_until(
-            lambda: len(api_processes(api)) == 2 and len(listeners(client)) == 2,
-            30,
-            "two API processes listening for results",
-        )
+        seen: list[tuple[set[int], set[int]]] = []
+
+        def both_listening() -> bool:
+            seen.append((api_processes(api), listeners(client)))
+            return len(seen[-1][0]) == 2 and len(seen[-1][1]) == 2
+
+        try:
+            wait_until(both_listening, 30, "two API processes listening for results")
+        except pytest.fail.Exception:
+            pytest.fail(f"last seen (processes, listeners): {seen[-1]}\n{api.log_tail()}")
         before = api_processes(api)
         listening_before = listeners(client)
         with Load(

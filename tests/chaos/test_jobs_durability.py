@@ -27,11 +27,11 @@ from core.model import TripModel
 from core.redis_server import EmbeddedRedis
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
+from tests.chaos.conftest import DEADLINE_S, short_deadline_env
 from tests.support import start_api, start_workers, tripq_env, wait_until
 
 SETTINGS = Settings()
 JOBS_QUEUE = SETTINGS.job_queue
-DEADLINE_S = 2.0  # REQUEST_TIMEOUT_S and REQUEST_TIMEOUT_MAX_S: a short visibility timeout
 VISIBILITY_S = visibility_timeout_s(Settings(request_timeout_max_s=DEADLINE_S))
 # Put back after the visibility timeout, a sweep, and a restore mutex the killed worker may hold.
 PUT_BACK_WITHIN_S = VISIBILITY_S + RESTORE_EVERY_S + 10
@@ -64,15 +64,7 @@ def create_long_job(redis_url: str) -> str:
     async def create() -> tuple[str, str] | None:
         client = AsyncRedis.from_url(redis_url)
         try:
-            store = JobStore(
-                client,
-                queue=JOBS_QUEUE,
-                queue_timeout_s=600.0,
-                result_ttl_s=600,
-                run_timeout_s=SETTINGS.job_run_timeout_s,
-                max_queued=10,
-                origin="chaos-test",
-            )
+            store = JobStore(client, SETTINGS, origin="chaos-test")
             return await store.create(
                 payload=payload,
                 trips=LONG_JOB_TRIPS,
@@ -103,9 +95,7 @@ def message_unacked(client: redis.Redis, job_id: str) -> bool:
 def test_job_held_by_a_sigkilled_worker_is_run_again_by_another_worker(
     flushed_db: redis.Redis, redis_url: str, log_dir: Path, figures: Callable[[str], None]
 ) -> None:
-    env = tripq_env(
-        redis_url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
-    )
+    env = short_deadline_env(redis_url, log_dir)
     with ExitStack() as processes:
         (first,) = start_workers(env, log_dir, [1])
         processes.callback(first.stop)

@@ -22,7 +22,7 @@ from config import Settings
 from core.redis_server import EmbeddedRedis
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
-from tests.chaos.conftest import Scale
+from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
 from tests.support import (
     Load,
     Outcome,
@@ -30,12 +30,10 @@ from tests.support import (
     latency_summary,
     start_api,
     start_workers,
-    tripq_env,
     varied_trips,
     wait_until,
 )
 
-DEADLINE_S = 2.0
 SLACK_S = 1.0
 OUTAGE_REPLY_S = 1.0  # the longest a refusal may take while Redis is down
 RECOVERY_S = 5.0  # the longest from Redis's return to the next prediction
@@ -86,9 +84,7 @@ def test_redis_down_answers_503_at_once_and_recovers_without_restarting_anything
     if how == "crash" and not scale.full:
         pytest.skip("full form only (CHAOS_FULL=1): the short form stops Redis, this kills it")
     outage_s = 15.0 if scale.full else 4.0
-    env = tripq_env(
-        own_redis.url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
-    )
+    env = short_deadline_env(own_redis.url, log_dir)
     with ExitStack() as processes:
         api, base = start_api(env, log_dir)
         processes.callback(api.stop)

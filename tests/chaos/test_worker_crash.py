@@ -25,7 +25,7 @@ from core import protocol
 from core.jobs import PREDICT_BATCH_TASK
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
-from tests.chaos.conftest import Scale
+from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
 from tests.support import (
     Load,
     Outcome,
@@ -38,7 +38,6 @@ from tests.support import (
 )
 
 QUEUE = "tasks.trip"
-DEADLINE_S = 2.0  # REQUEST_TIMEOUT_S and REQUEST_TIMEOUT_MAX_S of the SIGKILL tests
 SLACK_S = 1.0  # how late past its deadline a reply may come on this noisy machine
 STOP_S = 20.0  # bound on a worker's exit once killed or told to stop
 VISIBILITY_S = visibility_timeout_s(Settings(request_timeout_max_s=DEADLINE_S))
@@ -85,9 +84,7 @@ def test_worker_sigkill_under_load_answers_every_request_by_its_deadline_with_20
     wrong_durations: Callable[[list[Outcome]], list[Outcome]],
     figures: Callable[[str], None],
 ) -> None:
-    env = tripq_env(
-        redis_url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
-    )
+    env = short_deadline_env(redis_url, log_dir)
     with ExitStack() as processes:
         api, base = start_api(env, log_dir)
         processes.callback(api.stop)
@@ -138,9 +135,7 @@ def test_worker_sigkill_under_load_answers_every_request_by_its_deadline_with_20
 def test_task_held_by_a_sigkilled_worker_is_put_back_and_run_by_another_worker(
     flushed_db: redis.Redis, redis_url: str, log_dir: Path, figures: Callable[[str], None]
 ) -> None:
-    env = tripq_env(
-        redis_url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
-    )
+    env = short_deadline_env(redis_url, log_dir)
     with ExitStack() as processes:
         (first,) = start_workers(env, log_dir, [1])
         processes.callback(first.stop)
