@@ -65,15 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.admission = admission = Admission(
             max_pending=settings.max_pending_requests, max_queue_depth=settings.queue_max_depth
         )
-        app.state.job_store = JobStore(
-            client.broker,
-            queue=settings.job_queue,
-            queue_timeout_s=settings.job_queue_timeout_s,
-            result_ttl_s=settings.job_result_ttl_s,
-            run_timeout_s=settings.job_run_timeout_s,
-            max_queued=settings.jobs_max_queued,
-            origin=client.origin,
-        )
+        app.state.job_store = JobStore(client.broker, settings, origin=client.origin)
         await client.start(wait_s=_SUBSCRIBE_WAIT_S)
         watcher = asyncio.create_task(watch_queue_depth(client.queue_depth, admission))
         logger.info("api ready", model_version=app.state.model_version)

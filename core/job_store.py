@@ -28,6 +28,7 @@ import orjson
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
+from config import Settings
 from core import protocol
 from core.schemas import JobState
 
@@ -238,23 +239,13 @@ def job_view(job_id: str, fields: dict[str, str]) -> dict[str, Any]:
 class JobStore:
     """The API's side of the jobs: create, read and cancel them (asyncio)."""
 
-    def __init__(
-        self,
-        client: AsyncRedis,
-        *,
-        queue: str,
-        queue_timeout_s: float,
-        result_ttl_s: int,
-        run_timeout_s: float,
-        max_queued: int,
-        origin: str,
-    ) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings, *, origin: str) -> None:
         self._client = client
-        self._queue = queue
-        self._queue_timeout_s = queue_timeout_s
-        self._result_ttl_s = result_ttl_s
-        self._run_timeout_s = run_timeout_s
-        self._max_queued = max_queued
+        self._queue = settings.job_queue
+        self._queue_timeout_s = settings.job_queue_timeout_s
+        self._result_ttl_s = settings.job_result_ttl_s
+        self._run_timeout_s = settings.job_run_timeout_s
+        self._max_queued = settings.jobs_max_queued
         self._origin = origin
         self._create = client.register_script(_CREATE)
         self._read = client.register_script(_READ)
