@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     Field,
     FilePath,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -126,6 +127,10 @@ class Settings(BaseSettings):
     worker_heartbeat_s: PositiveFloat = 2.0
     worker_ttl_s: PositiveFloat = 10.0
     inference_threads: PositiveInt = 4
+    worker_metrics_port: NonNegativeInt = Field(
+        default=9400,
+        description="Worker process n serves Prometheus /metrics on this port + n - 1; 0: off.",
+    )
 
     # --- Models ---
     artifact_dir: Path = PROJECT_ROOT / "repo" / "models"

@@ -12,6 +12,7 @@ subscription (see core.jobs); a request that outlives its deadline gets reply_co
 """
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -21,19 +22,21 @@ from fastapi import FastAPI
 from loguru import logger
 
 from apps.errors import install_error_handlers
-from apps.middleware import BodySizeLimit
+from apps.middleware import BodySizeLimit, RequestTracking
 from apps.routers import health, jobs, trip
 from config import Settings, get_settings
 from core.errors import ModelError
 from core.job_store import JobStore
 from core.jobs import JobClient
-from core.limits import Admission, watch_queue_depth
+from core.limits import Admission, export_queue_metrics, watch_queue_depth
 from core.logs import configure_logging
 from core.registry import read_card, resolve_model_dir
 from core.schemas import BatchRequest, JobBatch, JobTrip, TripRequest
 
 # How long start-up waits for the result subscription before serving (503s until it is up).
 _SUBSCRIBE_WAIT_S = 2.0
+# How often each API process reads the queues for /metrics (depth, oldest task's age).
+_QUEUE_METRICS_EVERY_S = 1.0
 
 
 def serving_version(settings: Settings) -> str:
@@ -67,12 +70,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.job_store = JobStore(client.broker, settings, origin=client.origin)
         await client.start(wait_s=_SUBSCRIBE_WAIT_S)
-        watcher = asyncio.create_task(watch_queue_depth(client.queue_depth, admission))
+        watchers = [
+            asyncio.create_task(watch_queue_depth(client.queue_depth, admission)),
+            asyncio.create_task(
+                export_queue_metrics(
+                    functools.partial(client.export_queues, [settings.job_queue]),
+                    _QUEUE_METRICS_EVERY_S,
+                )
+            ),
+        ]
         logger.info("api ready", model_version=app.state.model_version)
         try:
             yield
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             await client.close()
 
     app = FastAPI(
@@ -83,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it sees every reply, the body limit's 413 included.
+    app.add_middleware(RequestTracking)
     install_error_handlers(app)
     app.include_router(trip.router)
     app.include_router(jobs.router)

@@ -1,10 +1,52 @@
-"""ASGI middleware of the API: a request body size limit that answers in tripq's error shape."""
+"""ASGI middleware of the API: request ids and metrics, and a body size limit.
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs a task and a stream per
+request on the hot path.
+"""
+
+import time
 
 import orjson
+from loguru import logger
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core import metrics, tracing
 from core.errors import ReplyCode
+
+
+class RequestTracking:
+    """Give every request an id (the client's X-Request-ID, or a new one) that its logs, its
+    task and its reply carry; count its reply and time it, by route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = tracing.request_id(_header(scope, b"x-request-id"))
+        status = 500  # unless a reply starts
+
+        async def tracked(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(tracing.HEADER, request_id)
+            await send(message)
+
+        token = tracing.current.set(request_id)
+        try:
+            with logger.contextualize(**{tracing.LOG_FIELD: request_id}):
+                await self.app(scope, receive, tracked)
+        finally:
+            tracing.current.reset(token)
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            metrics.record_reply(endpoint, status, time.perf_counter() - started)
 
 
 class BodySizeLimit:
@@ -57,11 +99,16 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None

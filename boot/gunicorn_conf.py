@@ -1,11 +1,23 @@
 """gunicorn settings of the API; `tripq api` flags override bind and workers."""
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from config import get_settings
 from core.logs import configure_logging
 
 _settings = get_settings()
+
+# Metrics of all the API processes, summed by whichever one a scrape reaches (core.metrics): a
+# folder of their own for this gunicorn (or the operator's), set before anything imports
+# prometheus_client, which reads it once at import; so nothing here may import it up front.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_own_metrics_dir = MULTIPROC_ENV not in os.environ
+if _own_metrics_dir:
+    os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="tripq-api-metrics-")
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
@@ -20,10 +32,26 @@ proc_name = "tripq-api"
 
 
 def on_starting(server: Any) -> None:
-    """Route gunicorn's own logging into loguru before any worker forks."""
+    """Route gunicorn's own logging into loguru, and start the metrics afresh, before any
+    worker forks."""
+    for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
+        stale.unlink()
     configure_logging(
         "gunicorn",
         _settings.log_dir / "apps" / "api",
         level=_settings.log_level,
         json_lines=_settings.log_json,
     )
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead API process's live gauges; its counters stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics folder this gunicorn made."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)

@@ -31,6 +31,7 @@ class Pending(Generic[Item, Result]):
     item: Item
     future: "asyncio.Future[Result]"
     deadline: float  # event-loop time after which nobody awaits the result
+    trace: str | None = None  # the submitter's request id, for the batch's logs (core.tracing)
 
 
 SendBatch = Callable[[Sequence[Pending[Item, Result]]], Awaitable[None]]
@@ -59,11 +60,13 @@ class MicroBatcher(Generic[Item, Result]):
         """Count the batches sent and not yet answered."""
         return self._in_flight
 
-    def submit(self, item: Item, timeout_s: float) -> "asyncio.Future[Result]":
+    def submit(
+        self, item: Item, timeout_s: float, trace: str | None = None
+    ) -> "asyncio.Future[Result]":
         """Queue `item` for the next batch and return the future of its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        self._pending.append(Pending(item, future, loop.time() + timeout_s))
+        self._pending.append(Pending(item, future, loop.time() + timeout_s, trace))
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif not self._flush_scheduled:

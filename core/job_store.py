@@ -284,7 +284,7 @@ class JobStore:
             task_name=RUN_JOB_TASK,
             queue=queue,
             args=[job_id],
-            kwargs={},
+            kwargs={"sent_at": now},
             expires=None,
             origin=self._origin,
             ignore_result=True,

@@ -32,7 +32,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from config import Settings
-from core import fleet, protocol
+from core import fleet, metrics, protocol, tracing
 from core.batching import MicroBatcher, Pending
 from core.errors import (
     BackendUnavailable,
@@ -118,6 +118,7 @@ class JobClient:
         self._worker_ttl_s = worker_ttl_s
         self._routing = Routing()
         self._served: frozenset[str] = frozenset()
+        self._exported_roles: set[tuple[str, str]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobClient":
@@ -218,7 +219,7 @@ class JobClient:
         model `version` (None: a worker's current one)."""
         if not self.available:
             raise BackendUnavailable("Redis is not reachable")
-        future = self._batcher(version).submit(trip, timeout_s)
+        future = self._batcher(version).submit(trip, timeout_s, tracing.current.get())
         # A bare timer rather than asyncio.wait_for: this runs once per request, on the hot path.
         timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future, timeout_s)
         try:
@@ -256,7 +257,8 @@ class JobClient:
         # The task lives as long as its most patient request; the others time out on their own.
         deadline = max(p.deadline for p in batch)
         try:
-            answer = await self._run_batch([p.item for p in batch], deadline, version)
+            traces = [p.trace for p in batch if p.trace is not None]
+            answer = await self._run_batch([p.item for p in batch], deadline, version, traces)
         except TimeoutError:
             error = DeadlineExceeded("no worker answered within the deadline")
             for pending in batch:
@@ -282,17 +284,25 @@ class JobClient:
             raise DeadlineExceeded(f"no worker answered within {timeout_s:g} s") from None
 
     async def _run_batch(
-        self, trips: Sequence[TripRequest], deadline: float, version: str | None
+        self,
+        trips: Sequence[TripRequest],
+        deadline: float,
+        version: str | None,
+        traces: Sequence[str] | None = None,
     ) -> BatchPrediction:
         """Send `trips` as one task for model `version` and return their predictions;
-        TimeoutError at `deadline`."""
-        return await self._send_columns(batch_columns(trips), deadline, version)
+        TimeoutError at `deadline`. `traces`: the request ids it answers (default: this one's)."""
+        if traces is None:
+            trace = tracing.current.get()
+            traces = [trace] if trace is not None else []
+        return await self._send_columns(batch_columns(trips), deadline, version, traces)
 
     async def _send_columns(
         self,
         columns: Mapping[str, Sequence[int] | Sequence[float]],
         deadline: float,
         version: str | None,
+        traces: Sequence[str] = (),
     ) -> BatchPrediction:
         loop = asyncio.get_running_loop()
         task_id = f"{self._inbox}-{uuid.uuid4().hex}"
@@ -300,6 +310,9 @@ class JobClient:
         kwargs: dict[str, object] = {"sent_at": time.time()}
         if version is not None:
             kwargs["model_version"] = version
+        if traces:
+            kwargs["request_ids"] = list(traces)
+        metrics.BATCH_SIZE.observe(len(columns["trip_distance"]))
         message = protocol.encode_task(
             task_id=task_id,
             task_name=PREDICT_BATCH_TASK,
@@ -340,6 +353,20 @@ class JobClient:
                 return sum(int(n) for n in await pipe.execute())
         except (RedisError, OSError) as exc:
             raise BackendUnavailable("the broker is not reachable") from exc
+
+    async def export_queues(self, extra: Sequence[str] = ()) -> None:
+        """Publish how many tasks wait in each queue, and how long the oldest has waited."""
+        queues = [self._queue, *(version_queue(self._queue, v) for v in self._served), *extra]
+        async with self._broker.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+                pipe.lindex(queue, -1)  # LPUSH in, BRPOP out: the oldest is the last
+            replies = await pipe.execute()
+        now = time.time()
+        for queue, depth, oldest in zip(queues, replies[::2], replies[1::2], strict=True):
+            sent = protocol.sent_at(oldest) if oldest is not None else None
+            metrics.QUEUE_DEPTH.labels(queue).set(depth)
+            metrics.QUEUE_OLDEST_AGE.labels(queue).set(max(0.0, now - sent) if sent else 0.0)
 
     async def workers(self, ttl_s: float) -> list[WorkerInfo]:
         """List the workers whose heartbeat is younger than `ttl_s`."""
@@ -389,9 +416,25 @@ class JobClient:
                     workers = await self.workers(self._worker_ttl_s)
                 self._routing = Routing.from_hash(raw)
                 self._served = frozenset(v for w in workers for v in w.model_versions)
+                self._export_fleet(workers)
             except (RedisError, OSError, TimeoutError, BackendUnavailable):
                 pass  # the last routing stays in force while Redis is away
             await asyncio.sleep(_ROUTING_EVERY_S)
+
+    def _export_fleet(self, workers: Sequence[WorkerInfo]) -> None:
+        """Publish the fleet as last read: live workers, and the current and canary versions
+        (the current one: the routing's, else what the workers say is theirs)."""
+        metrics.WORKERS_ALIVE.set(len(workers))
+        current = self._routing.current or next(
+            (w.model_version for w in workers if w.model_version), None
+        )
+        roles = {(v, r) for r, v in (("current", current), ("canary", self._routing.canary)) if v}
+        # Multiprocess gauges cannot drop a series: a version no longer named reads 0.
+        for version, role in self._exported_roles - roles:
+            metrics.MODEL_INFO.labels(version, role).set(0)
+        for version, role in roles:
+            metrics.MODEL_INFO.labels(version, role).set(1)
+        self._exported_roles = roles
 
     async def _listen(self) -> None:
         """Receive every result for this inbox, reconnecting whenever the connection drops."""

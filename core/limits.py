@@ -15,6 +15,8 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
+from redis.exceptions import RedisError
+
 from core.errors import BackendUnavailable, Overloaded
 
 QUEUE_POLL_S = 0.1
@@ -51,3 +53,11 @@ async def watch_queue_depth(read_depth: Callable[[], Awaitable[int]], admission:
         with contextlib.suppress(BackendUnavailable):
             admission.queue_depth = await read_depth()
         await asyncio.sleep(QUEUE_POLL_S)
+
+
+async def export_queue_metrics(export: Callable[[], Awaitable[None]], every_s: float) -> None:
+    """Call `export` every `every_s` seconds; a Redis outage skips rounds."""
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            await export()
+        await asyncio.sleep(every_s)

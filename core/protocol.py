@@ -107,3 +107,14 @@ def decode_result(raw: bytes | str) -> TaskOutcome:
     """Decode the JSON a Celery result backend stores for a task."""
     meta = orjson.loads(raw)
     return TaskOutcome(status=meta.get("status", ""), result=meta.get("result"))
+
+
+def sent_at(message: bytes) -> float | None:
+    """Read when the API sent a task message (its `sent_at` argument), if it says."""
+    try:
+        envelope = orjson.loads(message)
+        _, kwargs, _ = orjson.loads(base64.b64decode(envelope["body"]))
+        value = kwargs.get("sent_at")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return float(value) if isinstance(value, int | float) else None

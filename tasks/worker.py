@@ -12,12 +12,19 @@ from typing import Any
 
 import gevent
 import redis
-from celery.signals import setup_logging, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_revoked,
+    worker_ready,
+    worker_shutdown,
+)
 from celery.worker.consumer import Consumer
 from gevent import monkey
 from kombu.exceptions import OperationalError
 from kombu.utils import functional as kombu_functional
 from loguru import logger
+from prometheus_client import start_http_server
 from threadpoolctl import threadpool_limits
 
 from config import get_settings
@@ -26,6 +33,7 @@ from core.errors import ModelError
 from core.logs import configure_logging
 from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.serving import ModelShelf
+from tasks import metrics as worker_metrics
 from tasks.offload import run_off_hub, set_offload_threads
 
 settings = get_settings()
@@ -109,6 +117,7 @@ def _on_ready(sender: Any, **_: Any) -> None:
         logger.error("no usable model", worker=name, error=exc.message)
     # Follow the routing once before the first heartbeat: a worker that says it holds a version
     # already takes that version's tasks.
+    _serve_metrics(name)
     client, consumed = broker_client(), set[str]()
     _follow_routing(sender, client, consumed)
     concurrency = int(sender.controller.concurrency) if sender.controller else 0
@@ -122,6 +131,33 @@ def _on_ready(sender: Any, **_: Any) -> None:
     threading.Thread(
         target=_keep_following, args=(sender, client, consumed), name="tripq-routing", daemon=True
     ).start()
+
+
+def _serve_metrics(hostname: str) -> None:
+    """Serve this process's Prometheus metrics on WORKER_METRICS_PORT + its index - 1."""
+    if not settings.worker_metrics_port:
+        return
+    index = hostname.split("@", 1)[0].removeprefix("trip")
+    port = settings.worker_metrics_port + (int(index) - 1 if index.isdigit() else 0)
+    try:
+        start_http_server(port)
+    except OSError as exc:  # the worker serves on without metrics rather than not at all
+        logger.error("metrics port unavailable", port=port, error=str(exc))
+        return
+    logger.info("metrics served", port=port)
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _count_task(sender: Any = None, state: str | None = None, **_: Any) -> None:
+    worker_metrics.WORKER_TASKS.labels(
+        getattr(sender, "name", "unknown"), (state or "unknown").lower()
+    ).inc()
+
+
+@task_revoked.connect  # type: ignore[untyped-decorator]
+def _count_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+    task = getattr(request, "task", None) or getattr(request, "name", None) or "unknown"
+    worker_metrics.WORKER_TASKS.labels(task, "expired" if expired else "revoked").inc()
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
@@ -148,9 +184,11 @@ def _beat(name: str, concurrency: int) -> None:
     """Write this worker's heartbeat every interval, surviving Redis outages."""
     client = broker_client()
     while not stopping.is_set():
-        info = fleet.encode_worker_info(
-            model_shelf.loaded_version, model_shelf.versions, concurrency
-        )
+        versions = model_shelf.versions
+        info = fleet.encode_worker_info(model_shelf.loaded_version, versions, concurrency)
+        worker_metrics.WORKER_MODEL_INFO.clear()
+        for version in versions:
+            worker_metrics.WORKER_MODEL_INFO.labels(version).set(1)
         try:
             with client.pipeline(transaction=False) as pipe:
                 pipe.zadd(fleet.WORKERS_KEY, {name: time.time()})

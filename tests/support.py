@@ -99,7 +99,9 @@ class Service:
 def tripq_env(redis_url: str, log_dir: Path, **settings: object) -> dict[str, str]:
     """Build a child's environment: this Redis, logs under `log_dir`, and any setting overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    # Workers serve no metrics port unless a test asks: many run on this one host at once.
     env.update(REDIS_URL=redis_url, LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1")
+    env.setdefault("WORKER_METRICS_PORT", "0")
     env.update({name.upper(): str(value) for name, value in settings.items()})
     return env
 

@@ -1,8 +1,10 @@
-"""Liveness and readiness: never queued, never refused by load."""
+"""Liveness, readiness and metrics: never queued, never refused by load."""
 
 from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.deps import JobsDep, SettingsDep
+from core import metrics
 from core.errors import BackendUnavailable
 from core.schemas import HealthReply, ReadyReply, WorkerInfo
 
@@ -40,3 +42,13 @@ async def ready(response: Response, jobs: JobsDep, settings: SettingsDep) -> Rea
     is_ready = redis_ok and bool(versions) and jobs.available
     response.status_code = 200 if is_ready else 503
     return ReadyReply(ready=is_ready, redis=redis_ok, workers=workers, model_versions=versions)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+)
+async def read_metrics() -> Response:
+    """Prometheus metrics of every API process behind this port (see core.metrics)."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -45,8 +45,11 @@ _USER_AGENT = f"tripq-webhook/{version('tripq')}"
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
-def run_job(job_id: str) -> None:
-    """Predict every trip of a job, and record the replies (or why there are none) on the job."""
+def run_job(job_id: str, sent_at: float | None = None) -> None:
+    """Predict every trip of a job, and record the replies (or why there are none) on the job.
+
+    `sent_at`: when the API queued it (for the queue-age metric; jobs queued before it was
+    sent have none)."""
     try:
         claimed = _runner.claim(job_id)
         if isinstance(claimed, str):

@@ -9,7 +9,9 @@ from typing import Any
 
 from loguru import logger
 
+from core import tracing
 from core.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
+from tasks import metrics as worker_metrics
 from tasks.app import app
 from tasks.offload import run_off_hub
 from tasks.worker import model_shelf
@@ -35,20 +37,35 @@ def predict_ride(trip: dict[str, Any], sent_at: float) -> dict[str, Any]:
 
 @app.task(name="tasks.trip.tasks.predict_batch")  # type: ignore[untyped-decorator]
 def predict_batch(
-    columns: dict[str, Any], sent_at: float, model_version: str | None = None
+    columns: dict[str, Any],
+    sent_at: float,
+    model_version: str | None = None,
+    request_ids: list[str] | None = None,
 ) -> dict[str, Any]:
     """Predict the durations of a batch of trips, given as columns, with one model call.
 
     `model_version` names the model that must answer (a pinned or canary batch, taken from that
-    version's own queue); None means this worker's current model.
+    version's own queue); None means this worker's current model. `request_ids`: the X-Request-ID
+    of each HTTP request the batch answers, for the logs.
     """
     started = time.time()
     trips = TripColumns.model_validate(columns)
     durations, version = run_off_hub(model_shelf.predict_columns, trips, model_version)
+    inference_s = time.time() - started
     answer = BatchPrediction(
         durations=durations,
         model_version=version,
-        inference_ms=round((time.time() - started) * 1000, 3),
+        inference_ms=round(inference_s * 1000, 3),
         queue_ms=round(max(0.0, started - sent_at) * 1000, 3),
+    )
+    worker_metrics.WORKER_INFERENCE_SECONDS.observe(inference_s)
+    worker_metrics.WORKER_BATCH_SIZE.observe(len(durations))
+    logger.info(
+        "predicted batch",
+        trips=len(durations),
+        model_version=version,
+        inference_ms=answer.inference_ms,
+        queue_ms=answer.queue_ms,
+        **{tracing.LOG_FIELD: request_ids or []},
     )
     return answer.model_dump()

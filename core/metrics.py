@@ -1,0 +1,153 @@
+"""Prometheus metrics of the API, and how /metrics reads them (the workers': tasks.metrics).
+
+The API runs as several gunicorn processes behind one port, so its metrics live in
+prometheus_client's multiprocess mode: each process writes its own files under
+PROMETHEUS_MULTIPROC_DIR (set up by boot/gunicorn_conf.py), and a scrape of any process sums them
+all. Gauges there say how they combine: `livemax`, the largest value among live processes (they
+all read the same Redis).
+
+    tripq_requests_total{endpoint,code}
+    tripq_request_duration_seconds{endpoint}
+    tripq_request_phase_seconds{phase}
+      queue: send -> a worker starts
+      inference: in the model
+      delivery: the rest (result back, reply out)
+    tripq_batch_size                  trips per task sent
+    tripq_queue_depth{queue}          tasks waiting
+    tripq_queue_oldest_age_seconds{queue}
+    tripq_expired_total, tripq_rejected_total{reason}, tripq_failed_total
+    tripq_workers_alive, tripq_model_info{version,role}
+"""
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The API's own registry, so that a worker process, which imports this module for its buckets,
+# does not serve the API's metrics as well. Multiprocess collection reads the files instead.
+API_REGISTRY = CollectorRegistry()
+
+# Seconds: from a lean 1-trip answer (~2 ms) to the longest deadline a client may ask for (30 s).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 5000, 10_000, 50_000)
+
+# What a refusal's status says; every other status is an answer, a timeout or a failure.
+REJECTED_REASONS = {
+    400: "invalid",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method",
+    409: "conflict",
+    413: "too_large",
+    415: "media_type",
+    429: "overloaded",
+    503: "unavailable",
+}
+
+# --- API ---
+REQUESTS = Counter(
+    "tripq_requests",
+    "HTTP requests answered, by route and status.",
+    ["endpoint", "code"],
+    registry=API_REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "tripq_request_duration_seconds",
+    "Time from a request's arrival to its reply, in the API.",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+    registry=API_REGISTRY,
+)
+PHASE_SECONDS = Histogram(
+    "tripq_request_phase_seconds",
+    "Where an answered prediction's time went: queue, inference, delivery.",
+    ["phase"],
+    buckets=LATENCY_BUCKETS,
+    registry=API_REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "tripq_batch_size",
+    "Trips per task the API sends.",
+    buckets=BATCH_BUCKETS,
+    registry=API_REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "tripq_queue_depth",
+    "Tasks waiting in a queue.",
+    ["queue"],
+    multiprocess_mode="livemax",
+    registry=API_REGISTRY,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "tripq_queue_oldest_age_seconds",
+    "Age of the oldest task waiting in a queue (0 when empty).",
+    ["queue"],
+    multiprocess_mode="livemax",
+    registry=API_REGISTRY,
+)
+EXPIRED = Counter(
+    "tripq_expired",
+    "Requests answered 504: no worker answered in time.",
+    registry=API_REGISTRY,
+)
+REJECTED = Counter(
+    "tripq_rejected",
+    "Requests refused (4xx, 503), by reason.",
+    ["reason"],
+    registry=API_REGISTRY,
+)
+FAILED = Counter(
+    "tripq_failed",
+    "Requests answered 500: tripq failed while answering.",
+    registry=API_REGISTRY,
+)
+WORKERS_ALIVE = Gauge(
+    "tripq_workers_alive",
+    "Workers whose heartbeat is fresh.",
+    multiprocess_mode="livemax",
+    registry=API_REGISTRY,
+)
+MODEL_INFO = Gauge(
+    "tripq_model_info",
+    "1 for each model version the routing names (role: current or canary).",
+    ["version", "role"],
+    multiprocess_mode="livemax",
+    registry=API_REGISTRY,
+)
+
+
+def record_reply(endpoint: str, status: int, seconds: float) -> None:
+    """Count one HTTP reply, and what kind of failure it was, if any."""
+    REQUESTS.labels(endpoint, str(status)).inc()
+    REQUEST_SECONDS.labels(endpoint).observe(seconds)
+    if status == 504:
+        EXPIRED.inc()
+    elif status >= 500 and status != 503:
+        FAILED.inc()
+    elif status in REJECTED_REASONS:
+        REJECTED.labels(REJECTED_REASONS[status]).inc()
+
+
+def record_phases(total_ms: float, queue_ms: float, inference_ms: float) -> None:
+    """Split an answered prediction's time into queue wait, inference and result delivery."""
+    PHASE_SECONDS.labels("queue").observe(queue_ms / 1000)
+    PHASE_SECONDS.labels("inference").observe(inference_ms / 1000)
+    PHASE_SECONDS.labels("delivery").observe(max(0.0, total_ms - queue_ms - inference_ms) / 1000)
+
+
+def render() -> bytes:
+    """The Prometheus text of this process, or of every API process in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(API_REGISTRY)
