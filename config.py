@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 
 
 class Settings(BaseSettings):
@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        description="For sentinel:// URLs: the name of the master Sentinel watches.",
+    )
     redis_connect_timeout_s: PositiveFloat = 1.0
     redis_socket_timeout_s: PositiveFloat = 2.0
     # TLS, for rediss:// URLs: the server's certificate is always verified (against this CA bundle,

@@ -22,6 +22,7 @@ from boot.procs import ProcessGroup
 from config import Settings, get_settings
 from core.errors import TripqError
 from core.jobs import JobClient, TripAnswer
+from core.redis_clients import sync_client
 from core.redis_server import EmbeddedRedis, redis_answers
 from core.schemas import TripRequest, WorkerInfo
 
@@ -211,7 +212,7 @@ async def _live_workers(settings: Settings) -> list[WorkerInfo]:
 
 def _ensure_redis(settings: Settings) -> EmbeddedRedis | None:
     """Use the Redis at REDIS_URL if it answers; else start the embedded one in its place."""
-    if redis_answers(settings.redis_url, tls=settings.redis_tls(settings.redis_url)):
+    if redis_answers(sync_client(settings, settings.redis_url, socket_timeout=0.5)):
         console.print(f"using Redis at {_without_password(settings.redis_url)}")
         return None
     parts = urlsplit(settings.redis_url)

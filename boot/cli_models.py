@@ -20,6 +20,7 @@ from config import Settings, get_settings
 from core import fleet
 from core.errors import TripqError
 from core.model import load_model
+from core.redis_clients import sync_client
 from core.registry import CARD_FILE, read_card, read_current, resolve_model_dir, write_current
 from core.rollout import ROUTING_KEY, Routing
 from core.schemas import WorkerInfo
@@ -33,12 +34,7 @@ _FOLLOW_WAIT_S = 15.0  # how long a command waits to see the fleet follow
 
 
 def _client(settings: Settings) -> "redis.Redis":
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
-        **settings.redis_tls(settings.broker_url),
-    )
+    return sync_client(settings, settings.broker_url)
 
 
 def _routing(client: "redis.Redis", settings: Settings) -> Routing:

@@ -12,12 +12,10 @@ from core.logs import configure_logging
 _settings = get_settings()
 
 # Metrics of all the API processes, summed by whichever one a scrape reaches (core.metrics): a
-# folder of their own for this gunicorn (or the operator's), set before anything imports
-# prometheus_client, which reads it once at import; so nothing here may import it up front.
+# folder of their own for this gunicorn (or the operator's), set before any worker forks and
+# imports prometheus_client, which reads it once at import; so nothing here may import it.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _own_metrics_dir = MULTIPROC_ENV not in os.environ
-if _own_metrics_dir:
-    os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="tripq-api-metrics-")
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
@@ -34,6 +32,8 @@ proc_name = "tripq-api"
 def on_starting(server: Any) -> None:
     """Route gunicorn's own logging into loguru, and start the metrics afresh, before any
     worker forks."""
+    if _own_metrics_dir:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="tripq-api-metrics-")
     for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
         stale.unlink()
     configure_logging(

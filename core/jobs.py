@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -41,6 +41,7 @@ from core.errors import (
     PredictionFailed,
     VersionNotServed,
 )
+from core.redis_clients import async_client
 from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.schemas import BatchPrediction, TripRequest, WorkerInfo
 
@@ -76,30 +77,15 @@ class JobClient:
     def __init__(
         self,
         *,
-        broker_url: str,
-        backend_url: str,
+        broker: Redis,
+        backend: Redis,
         queue: str,
-        connect_timeout_s: float,
-        socket_timeout_s: float,
         batch_max_size: int = 256,
         batch_max_in_flight: int = 4,
         worker_ttl_s: float = 10.0,
-        broker_tls: Mapping[str, Any] | None = None,
-        backend_tls: Mapping[str, Any] | None = None,
     ) -> None:
-        def connect(url: str, tls: Mapping[str, Any] | None) -> "Redis":
-            return Redis.from_url(
-                url,
-                socket_connect_timeout=connect_timeout_s,
-                socket_timeout=socket_timeout_s,
-                health_check_interval=15,
-                **(tls or {}),
-            )
-
-        self._broker = connect(broker_url, broker_tls)
-        self._backend = (
-            self._broker if backend_url == broker_url else connect(backend_url, backend_tls)
-        )
+        self._broker = broker
+        self._backend = backend
         self._queue = queue
         self._inbox = uuid.uuid4().hex[:12]
         self._origin = f"api-{os.getpid()}@{socket.gethostname()}"
@@ -123,17 +109,19 @@ class JobClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobClient":
         """Build the client the settings describe."""
+        broker = async_client(settings, settings.broker_url, health_check_interval=15)
+        backend = (
+            broker
+            if settings.result_backend == settings.broker_url
+            else async_client(settings, settings.result_backend, health_check_interval=15)
+        )
         return cls(
-            broker_url=settings.broker_url,
-            backend_url=settings.result_backend,
+            broker=broker,
+            backend=backend,
             queue=settings.queue,
-            connect_timeout_s=settings.redis_connect_timeout_s,
-            socket_timeout_s=settings.redis_socket_timeout_s,
             batch_max_size=settings.batch_max_size,
             batch_max_in_flight=settings.batch_max_in_flight,
             worker_ttl_s=settings.worker_ttl_s,
-            broker_tls=settings.redis_tls(settings.broker_url),
-            backend_tls=settings.redis_tls(settings.result_backend),
         )
 
     @property

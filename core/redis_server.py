@@ -149,10 +149,17 @@ class EmbeddedRedis:
             client.close()
 
 
-def redis_answers(url: str, timeout_s: float = 0.5, tls: Mapping[str, Any] | None = None) -> bool:
-    """Tell whether a Redis server answers PING at `url` (over TLS with `tls`'s options)."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, **(tls or {})
+def redis_answers(
+    target: "str | redis.Redis", timeout_s: float = 0.5, tls: Mapping[str, Any] | None = None
+) -> bool:
+    """Tell whether a Redis server answers PING: at a URL (over TLS with `tls`'s options), or
+    through a client already made."""
+    client = (
+        redis.Redis.from_url(
+            target, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, **(tls or {})
+        )
+        if isinstance(target, str)
+        else target
     )
     try:
         return bool(client.ping())

@@ -3,6 +3,7 @@
 from celery import Celery
 
 from config import Settings, get_settings
+from core.redis_clients import transport_options
 
 settings = get_settings()
 
@@ -78,7 +79,10 @@ app.conf.update(
         "retry_on_timeout": True,
         "visibility_timeout": visibility_timeout_s(settings),
         "unacked_mutex_expire": _RESTORE_MUTEX_EXPIRE_S,
+        # The master's name, for sentinel:// URLs (core.redis_clients).
+        **transport_options(settings, settings.broker_url),
     },
+    result_backend_transport_options=transport_options(settings, settings.result_backend),
     # Both empty unless the URL is rediss:// (see config.Settings.redis_tls).
     broker_use_ssl=settings.redis_tls(settings.broker_url) or None,
     redis_backend_use_ssl=settings.redis_tls(settings.result_backend) or None,

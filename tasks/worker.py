@@ -31,6 +31,7 @@ from config import get_settings
 from core import fleet
 from core.errors import ModelError
 from core.logs import configure_logging
+from core.redis_clients import sync_client
 from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.serving import ModelShelf
 from tasks import metrics as worker_metrics
@@ -172,12 +173,8 @@ def _on_shutdown(sender: Any, **_: Any) -> None:
 
 
 def broker_client() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
-        **settings.redis_tls(settings.broker_url),
-    )
+    """A blocking client of the broker's Redis, shared by this process's threads."""
+    return sync_client(settings, settings.broker_url)
 
 
 def _beat(name: str, concurrency: int) -> None:

@@ -23,6 +23,8 @@ import redis
 import uvloop
 
 from bench.loadgen import post_head, read_reply
+from config import Settings
+from core.redis_clients import is_sentinel, sync_client
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "nyc-tlc"
@@ -119,7 +121,7 @@ def start_worker(
         env,
         log_dir,
     )
-    client = redis.Redis.from_url(env["REDIS_URL"], **(tls or {}))
+    client = _redis_of(env, tls)
     try:
 
         def holds_model() -> bool:
@@ -131,6 +133,15 @@ def start_worker(
     finally:
         client.close()
     return worker
+
+
+def _redis_of(env: dict[str, str], tls: dict[str, Any] | None) -> redis.Redis:
+    """A client of the Redis a child's environment names (a sentinel:// URL too)."""
+    url = env["REDIS_URL"]
+    if is_sentinel(url):
+        master = env.get("REDIS_SENTINEL_MASTER", "mymaster")
+        return sync_client(Settings(redis_url=url, redis_sentinel_master=master), url)
+    return redis.Redis.from_url(url, **(tls or {}))
 
 
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[Service, str]:
