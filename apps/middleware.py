@@ -7,8 +7,6 @@ request on the hot path.
 import time
 
 import orjson
-from loguru import logger
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,19 +27,20 @@ class RequestTracking:
             return
         started = time.perf_counter()
         request_id = tracing.request_id(_header(scope, b"x-request-id"))
+        echoed = (b"x-request-id", request_id.encode())
         status = 500  # unless a reply starts
 
         async def tracked(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(tracing.HEADER, request_id)
+                message["headers"] = [*message.get("headers", ()), echoed]
             await send(message)
 
+        # Every log line written while serving it carries the id (core.logs reads `current`).
         token = tracing.current.set(request_id)
         try:
-            with logger.contextualize(**{tracing.LOG_FIELD: request_id}):
-                await self.app(scope, receive, tracked)
+            await self.app(scope, receive, tracked)
         finally:
             tracing.current.reset(token)
             route = scope.get("route")

@@ -313,13 +313,16 @@ class JobClient:
         )
         future: asyncio.Future[protocol.TaskOutcome] = loop.create_future()
         self._pending[task_id] = future
+        sent = loop.time()
         try:
             async with asyncio.timeout_at(deadline):
                 await self._send(queue, message)
                 outcome = await future
         finally:
             self._pending.pop(task_id, None)
-        return batch_prediction(outcome, len(columns["trip_distance"]))
+        answer = batch_prediction(outcome, len(columns["trip_distance"]))
+        metrics.record_phases(loop.time() - sent, answer.queue_ms, answer.inference_ms)
+        return answer
 
     async def ping(self) -> bool:
         """Tell whether both Redis roles answer."""

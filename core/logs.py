@@ -4,8 +4,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+from core import tracing
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 # Libraries whose standard loggers are routed into loguru (their own handlers are dropped).
 ROUTED_LOGGERS = (
@@ -41,6 +47,13 @@ class InterceptHandler(logging.Handler):
         )
 
 
+def _add_request_id(record: "Record") -> None:
+    # Read only when a line is written: the id of the request being served (core.tracing).
+    request_id = tracing.current.get()
+    if request_id is not None:
+        record["extra"].setdefault(tracing.LOG_FIELD, request_id)
+
+
 def configure_logging(
     process: str,
     log_dir: Path,
@@ -51,7 +64,7 @@ def configure_logging(
 ) -> None:
     """Log to stderr and to `log_dir`, one file per OS process, as text or JSON lines."""
     logger.remove()
-    logger.configure(extra={"process": process})
+    logger.configure(extra={"process": process}, patcher=_add_request_id)
     stderr_format = "{message}" if json_lines else _TEXT_FORMAT
     logger.add(sys.stderr, level=level, format=stderr_format, serialize=json_lines)
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,8 @@ all read the same Redis).
     tripq_requests_total{endpoint,code}
     tripq_request_duration_seconds{endpoint}
     tripq_request_phase_seconds{phase}
-      queue: send -> a worker starts
-      inference: in the model
-      delivery: the rest (result back, reply out)
+      per task: queue (send -> a worker starts), inference (in the model),
+      delivery (the rest of the round trip: the result back to the API)
     tripq_batch_size                  trips per task sent
     tripq_queue_depth{queue}          tasks waiting
     tripq_queue_oldest_age_seconds{queue}
@@ -20,6 +19,7 @@ all read the same Redis).
 """
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -69,7 +69,7 @@ REQUEST_SECONDS = Histogram(
 )
 PHASE_SECONDS = Histogram(
     "tripq_request_phase_seconds",
-    "Where an answered prediction's time went: queue, inference, delivery.",
+    "Where an answered task's round trip went: queue, inference, delivery.",
     ["phase"],
     buckets=LATENCY_BUCKETS,
     registry=API_REGISTRY,
@@ -124,11 +124,22 @@ MODEL_INFO = Gauge(
     registry=API_REGISTRY,
 )
 
+_QUEUE, _INFERENCE, _DELIVERY = (
+    PHASE_SECONDS.labels(p) for p in ("queue", "inference", "delivery")
+)
+
+_reply_series: dict[tuple[str, int], tuple[Any, Any]] = {}
+
 
 def record_reply(endpoint: str, status: int, seconds: float) -> None:
     """Count one HTTP reply, and what kind of failure it was, if any."""
-    REQUESTS.labels(endpoint, str(status)).inc()
-    REQUEST_SECONDS.labels(endpoint).observe(seconds)
+    series = _reply_series.get((endpoint, status))
+    if series is None:  # resolving labels costs more than counting: once per route and status
+        series = REQUESTS.labels(endpoint, str(status)), REQUEST_SECONDS.labels(endpoint)
+        _reply_series[(endpoint, status)] = series
+    count, seconds_of = series
+    count.inc()
+    seconds_of.observe(seconds)
     if status == 504:
         EXPIRED.inc()
     elif status >= 500 and status != 503:
@@ -137,11 +148,12 @@ def record_reply(endpoint: str, status: int, seconds: float) -> None:
         REJECTED.labels(REJECTED_REASONS[status]).inc()
 
 
-def record_phases(total_ms: float, queue_ms: float, inference_ms: float) -> None:
-    """Split an answered prediction's time into queue wait, inference and result delivery."""
-    PHASE_SECONDS.labels("queue").observe(queue_ms / 1000)
-    PHASE_SECONDS.labels("inference").observe(inference_ms / 1000)
-    PHASE_SECONDS.labels("delivery").observe(max(0.0, total_ms - queue_ms - inference_ms) / 1000)
+def record_phases(round_trip_s: float, queue_ms: float, inference_ms: float) -> None:
+    """Split an answered task's round trip into queue wait, inference and result delivery."""
+    queue_s, inference_s = queue_ms / 1000, inference_ms / 1000
+    _QUEUE.observe(queue_s)
+    _INFERENCE.observe(inference_s)
+    _DELIVERY.observe(max(0.0, round_trip_s - queue_s - inference_s))
 
 
 def render() -> bytes:

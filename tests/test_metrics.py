@@ -94,7 +94,8 @@ def test_requests_are_counted_once_across_the_api_processes(traffic: Page) -> No
     assert value(traffic, "tripq_expired_total") == value(traffic, "tripq_failed_total") == 0
 
 
-def test_answered_latency_is_split_into_queue_inference_and_delivery(traffic: Page) -> None:
+def test_each_tasks_round_trip_is_split_into_queue_inference_and_delivery(traffic: Page) -> None:
+    # One request at a time: one task each.
     for phase in ("queue", "inference", "delivery"):
         assert value(traffic, "tripq_request_phase_seconds_count", phase=phase) == ANSWERED
         assert value(traffic, "tripq_request_phase_seconds_sum", phase=phase) > 0

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from apps.checks import MODEL_VERSION_HEADER, check_client, deadline
 from apps.errors import ASYNC_RESPONSE, ERROR_RESPONSES
 from apps.routers.jobs import accept_job, async_preference
-from core import metrics
 from core.errors import DeadlineExceeded, ReplyCode, TripqError
 from core.jobs import JobClient
 from core.limits import Admission
@@ -103,7 +102,6 @@ async def predict_trip(request: Request) -> Response:
         raise
     total_ms = _ms_since(started)
     batch = answer.batch
-    metrics.record_phases(total_ms, batch.queue_ms, batch.inference_ms)
     logger.info(
         "predict",
         request_id=trip.request_id,
@@ -162,8 +160,6 @@ async def predict_trip_batch(request: Request) -> Response:
         {p: o.model_dump(exclude_none=True) for p, o in refused.items()},
     )
     total_ms = _ms_since(started)
-    for answer in answers:
-        metrics.record_phases(total_ms, answer.queue_ms, answer.inference_ms)
     logger.info("predict batch", trips=len(replies), refused=len(refused), total_ms=total_ms)
     reply = {
         "reply_code": 0,
