@@ -1,10 +1,14 @@
-"""`tripq train` and `tripq evaluate`: parse, call core.training, print."""
+"""`tripq train` and `tripq evaluate`: parse, call core.training, print.
+
+core.training (scikit-learn, skops: over a second to import) is imported when one of these
+commands runs, not when the CLI starts: `tripq workers` is a container healthcheck.
+"""
 
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,25 +17,16 @@ from rich.table import Table
 
 from config import Settings, get_settings
 from core.errors import ModelError, TripqError
-from core.model import DEFAULT_KIND, PIPELINE_STEPS
-from core.registry import resolve_model_dir, write_current
-from core.training import (
-    Evaluation,
-    Progress,
-    Scores,
-    evaluate_model,
-    is_month_spec,
-    read_zones,
-    resolve_data_file,
-    resolve_zones,
-    train_model,
-)
+from core.registry import DEFAULT_KIND, MODEL_KINDS, resolve_model_dir, write_current
+
+if TYPE_CHECKING:
+    from core.training import Progress, Scores
 
 _SOURCE_HELP = "a path, or a TLC month like green:2021-01 (downloaded into DATA_DIR)"
 
 
 @contextmanager
-def _progress(console: Console) -> Iterator[Progress]:
+def _progress(console: Console) -> Iterator["Progress"]:
     """Show a spinner with the current step, and log each step as it starts."""
     with console.status("starting") as status:
 
@@ -48,8 +43,10 @@ def _fail(console: Console, exc: TripqError) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _data_files(sources: list[str], settings: Settings, report: Progress) -> list[Path]:
+def _data_files(sources: list[str], settings: Settings, report: "Progress") -> list[Path]:
     """Return the paths of trip files given as paths or month specs, fetching months."""
+    from core.training import is_month_spec, resolve_data_file
+
     paths = []
     for source in sources:
         if is_month_spec(source):
@@ -72,7 +69,7 @@ def _model_dir(model: str | None, settings: Settings) -> Path:
     return resolve_model_dir(settings.artifact_dir, model)
 
 
-Row = tuple[str, int, Scores | None]
+Row = tuple[str, int, "Scores | None"]
 
 
 def _metrics_table(title: str, rows: list[Row], train_rmse: float | None = None) -> Table:
@@ -97,7 +94,7 @@ def train(
         Path, typer.Option("--output", help="Model directory to create; its name is the version.")
     ],
     kind: Annotated[
-        str, typer.Option(help=f"Model recipe: {' or '.join(PIPELINE_STEPS)}.")
+        str, typer.Option(help=f"Model recipe: {' or '.join(MODEL_KINDS)}.")
     ] = DEFAULT_KIND,
     zones: Annotated[
         str | None,
@@ -115,6 +112,8 @@ def train(
     ] = False,
 ) -> None:
     """Train a model from NYC TLC trip files."""
+    from core.training import read_zones, resolve_zones, train_model
+
     settings = get_settings()
     out, err = Console(), Console(stderr=True)
     output = output.expanduser().resolve()
@@ -138,7 +137,11 @@ def train(
                 write_current(output.parent, card.version)
     except TripqError as exc:
         raise _fail(err, exc) from None
-    valid_scores = Scores(rmse=card.metrics["rmse"], mae=card.metrics["mae"], r2=card.metrics["r2"])
+    valid_scores: Scores = {
+        "rmse": card.metrics["rmse"],
+        "mae": card.metrics["mae"],
+        "r2": card.metrics["r2"],
+    }
     rows: list[Row] = [
         ("train: " + ", ".join(f.name for f in card.train_files), card.train_rows, None),
         ("valid: " + ", ".join(f.name for f in card.valid_files), card.valid_rows, valid_scores),
@@ -157,13 +160,15 @@ def evaluate(
     ] = None,
 ) -> None:
     """Print a trained model's metrics on NYC TLC trip files; the last line is JSON."""
+    from core.training import evaluate_model
+
     settings = get_settings()
     out, err = Console(), Console(stderr=True)
     try:
         with _progress(err) as report:
             model_dir = _model_dir(model, settings)
             paths = _data_files(files, settings, report)
-            result: Evaluation = evaluate_model(model_dir, paths, progress=report)
+            result = evaluate_model(model_dir, paths, progress=report)
     except TripqError as exc:
         raise _fail(err, exc) from None
     rows: list[Row] = [(f["name"], f["rows"], f) for f in result["files"]]

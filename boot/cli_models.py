@@ -19,7 +19,6 @@ from rich.table import Table
 from config import Settings, get_settings
 from core import fleet
 from core.errors import TripqError
-from core.model import load_model
 from core.redis_clients import sync_client
 from core.registry import CARD_FILE, read_card, read_current, resolve_model_dir, write_current
 from core.rollout import ROUTING_KEY, Routing
@@ -57,6 +56,8 @@ def _live(client: "redis.Redis", settings: Settings) -> list[WorkerInfo]:
 
 def _checked(settings: Settings, version: str) -> None:
     """Load `version` as a worker would; raise (InvalidArtifact, ModelError) if it cannot serve."""
+    from core.model import load_model  # scikit-learn: only when a command needs it
+
     load_model(resolve_model_dir(settings.artifact_dir, version))
 
 

@@ -30,6 +30,7 @@ from core.features import TripFeatures
 from core.registry import (
     ARTIFACT_FILE,
     CARD_FILE,
+    MODEL_KINDS,
     DataFile,
     ModelCard,
     check_version_name,
@@ -40,12 +41,13 @@ from core.registry import (
 # The fields of a trip the model reads; a card lists them so callers know the model's input.
 FEATURES = ("PULocationID", "DOLocationID", "trip_distance")
 
-# The recipes, each a fixed pipeline shape; the default is the most accurate.
+# The recipes (core.registry.MODEL_KINDS), each a fixed pipeline shape.
 PIPELINE_STEPS: dict[str, tuple[type, ...]] = {
     "gbm": (TripFeatures, HistGradientBoostingRegressor),
     "baseline": (DictVectorizer, LinearRegression),
 }
-DEFAULT_KIND = "gbm"
+if tuple(PIPELINE_STEPS) != MODEL_KINDS:
+    raise RuntimeError("core.registry.MODEL_KINDS must name every recipe of PIPELINE_STEPS")
 
 # The only types a model artifact may hold beyond skops' own defaults: the pipelines above and
 # what they are made of (names, since several are private to scikit-learn).

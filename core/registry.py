@@ -21,6 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InvalidArtifact, ModelError
 
+# The model recipes (core.model builds each); named here, where nothing imports scikit-learn, so
+# that the CLI can offer them without loading it. The default is the most accurate.
+MODEL_KINDS = ("gbm", "baseline")
+DEFAULT_KIND = "gbm"
+
 CARD_FILE = "card.json"
 ARTIFACT_FILE = "model.skops"
 CURRENT_FILE = "CURRENT"

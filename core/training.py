@@ -28,14 +28,20 @@ from numpy.typing import NDArray
 from core.errors import ModelError, TripqError
 from core.features import zone_boroughs
 from core.model import (
-    DEFAULT_KIND,
     Features,
     build_pipeline,
     load_model,
     save_model,
     trip_features,
 )
-from core.registry import CARD_FILE, DataFile, ModelCard, check_version_name, sha256_file
+from core.registry import (
+    CARD_FILE,
+    DEFAULT_KIND,
+    DataFile,
+    ModelCard,
+    check_version_name,
+    sha256_file,
+)
 from core.report import write_report
 
 MIN_MINUTES, MAX_MINUTES = 1.0, 60.0  # the course's duration window, kept for comparable RMSE
