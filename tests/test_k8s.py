@@ -27,6 +27,7 @@ import yaml
 from pydantic import SecretStr
 
 from config import Settings
+from tests.test_containers import parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "boot" / "k8s"
@@ -247,19 +248,8 @@ def is_keda(document: Manifest) -> bool:
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
-    """A Dockerfile's (keyword, arguments), continuation lines joined and comments dropped."""
-    instructions, pending = [], ""
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        keyword, _, arguments = (pending + line).partition(" ")
-        instructions.append((keyword.upper(), arguments.strip()))
-        pending = ""
-    return instructions
+    """A Dockerfile's (keyword, arguments), as the compose checks read them."""
+    return [(i.keyword, i.arguments) for i in parse_dockerfile(path)]
 
 
 def dockerfile_user(image: str) -> tuple[int, int]:
