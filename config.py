@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         default=30.0, description="Cap on the deadline a client may ask for (X-Request-Timeout)."
     )
     max_pending_requests: PositiveInt = Field(
-        default=40_000,
+        default=100_000,
         description="Trips one API process may hold waiting for answers; beyond it, 429.",
     )
     queue_max_depth: PositiveInt = Field(
