@@ -143,7 +143,9 @@ def up(
 def workers(
     require_host: Annotated[
         str | None,
-        typer.Option(help="Exit 1 unless a live worker runs on this host (a healthcheck)."),
+        typer.Option(
+            help="Exit 1 unless a live worker on this host holds a model (a healthcheck)."
+        ),
     ] = None,
 ) -> None:
     """List the live workers and the model versions they hold."""
@@ -154,7 +156,9 @@ def workers(
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
     if require_host is not None:
-        raise typer.Exit(0 if any(w.name.endswith(f"@{require_host}") for w in live) else 1)
+        # A worker whose model failed to load stays up to say so, but serves nothing.
+        serving = [w for w in live if w.name.endswith(f"@{require_host}") and w.model_version]
+        raise typer.Exit(0 if serving else 1)
     table = Table("worker", "model version", "concurrency", "last seen (s)")
     for w in live:
         table.add_row(

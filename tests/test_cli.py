@@ -9,7 +9,14 @@ import psutil
 import pytest
 import redis
 
-from tests.support import START_TIMEOUT_S, Service, heartbeat_since, tripq_env, wait_until
+from tests.support import (
+    START_TIMEOUT_S,
+    Service,
+    heartbeat_since,
+    start_worker,
+    tripq_env,
+    wait_until,
+)
 
 COMMANDS = [
     "up", "api", "worker", "workers", "predict", "train", "evaluate", "bench", "score"
@@ -104,3 +111,38 @@ def test_workers_require_host_fails_when_no_worker_runs_there(
     )
 
     assert check.finish(30) == 1
+
+
+def require_host(env: dict[str, str], log_dir: Path) -> int:
+    """Run the workers healthcheck for this host; return its exit code."""
+    host = socket.gethostname()
+    return Service("workers-check", ["workers", "--require-host", host], env, log_dir).finish(30)
+
+
+def test_workers_require_host_passes_only_for_a_worker_that_holds_a_model(
+    redis_url: str, redis_client: redis.Redis, log_dir: Path
+) -> None:
+    env = tripq_env(redis_url, log_dir)
+    broken = Service(
+        "worker-no-model",
+        ["worker", "--processes", "1", "--concurrency", "2"],
+        {**env, "SERVING_VERSION": "no-such-version"},
+        log_dir,
+    )
+    try:
+        # Alive and beating, but without a model: it must not count as healthy.
+        name = f"trip1@{socket.gethostname()}"
+        wait_until(
+            lambda: redis_client.zscore("tripq:workers", name) is not None,
+            START_TIMEOUT_S,
+            "the worker without a model to beat",
+        )
+        assert require_host(env, log_dir) == 1
+    finally:
+        assert broken.stop(signal.SIGTERM) == 0
+
+    worker = start_worker(env, log_dir)
+    try:
+        assert require_host(env, log_dir) == 0
+    finally:
+        worker.stop()
