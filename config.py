@@ -112,6 +112,10 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="Shared secret that signs webhook bodies (HMAC-SHA256); empty: unsigned.",
     )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks go to private, loopback and link-local addresses.",
+    )
     webhook_max_attempts: PositiveInt = Field(
         default=8, description="Deliveries of one webhook before it is given up as failed."
     )

@@ -408,11 +408,14 @@ class WebhookQueue:
             return None
         return job_view(job_id, fields)
 
-    def record(self, job_id: str, attempt: int, error: str, retry_in_s: float) -> str:
-        """Record delivery `attempt` ('' error: delivered); return the callback's state now."""
+    def record(
+        self, job_id: str, attempt: int, error: str, retry_in_s: float, *, final: bool = False
+    ) -> str:
+        """Record delivery `attempt` ('' error: delivered; `final`: no retry); return the
+        callback's state now."""
         if not error:
             state = "delivered"
-        elif attempt >= self._max_attempts:
+        elif final or attempt >= self._max_attempts:
             state = "failed"
         else:
             state = "pending"

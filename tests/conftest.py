@@ -8,6 +8,7 @@ never see each other's queues or heartbeats. Workers and the API are the real `t
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import redis
 
 from core.redis_server import EmbeddedRedis
-from tests.support import free_port, running_platform, tripq_env
+from tests.support import Receiver, free_port, running_platform, tripq_env
 
 _databases = itertools.count(1)
 
@@ -62,3 +63,14 @@ def platform(redis_url: str, log_dir: Path) -> Iterator[str]:
     """Run one worker and the API against the module's Redis; yield the API's base URL."""
     with running_platform(tripq_env(redis_url, log_dir), log_dir) as base:
         yield base
+
+
+@pytest.fixture
+def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+    """A webhook receiver on this machine that fails its first `request.param` deliveries."""
+    server = Receiver(failures=request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import http.server
 import itertools
 import json
 import os
@@ -437,3 +438,30 @@ def latency_summary(outcomes: list[Outcome]) -> str:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
     return f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver that fails the first `failures` deliveries (HTTP 500)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
+        self.failures = failures
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.deliveries.append((dict(self.headers), body))
+        failed = len(self.server.deliveries) <= self.server.failures
+        self.send_response(500 if failed else 204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass

@@ -4,9 +4,7 @@ Two APIs share this module's Redis: `base` has a worker behind it; `idle` sends 
 and its jobs to queues no worker reads until a test starts one, so its jobs stay queued.
 """
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from core.model import TripModel, load_model
 from core.registry import resolve_model_dir
 from core.schemas import TripRequest
 from core.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import running_platform, start_api, start_worker, tripq_env, wait_until
+from tests.support import Receiver, running_platform, start_api, start_worker, tripq_env, wait_until
 
 SECRET = "webhook-test-secret"
 RESULT_TTL_S = 600
@@ -48,6 +46,7 @@ def base(redis_url: str, log_dir: Path) -> Iterator[str]:
         log_dir,
         webhook_secret=SECRET,
         webhook_max_attempts=WEBHOOK_ATTEMPTS,
+        webhook_allow_private=True,  # the test receivers listen on this machine
         job_result_ttl_s=RESULT_TTL_S,
     )
     with running_platform(env, log_dir) as url:
@@ -195,43 +194,6 @@ def test_a_job_that_ran_cannot_be_canceled(base: str) -> None:
     assert reply.status_code == 409
     assert "only a queued job can be canceled" in reply.json()["message"]
     assert job(base, job_id)["state"] == "succeeded"
-
-
-class Receiver(http.server.ThreadingHTTPServer):
-    """A webhook receiver that fails the first `failures` deliveries (HTTP 500)."""
-
-    def __init__(self, failures: int) -> None:
-        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
-        self.failures = failures
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.server.deliveries.append((dict(self.headers), body))
-        failed = len(self.server.deliveries) <= self.server.failures
-        self.send_response(500 if failed else 204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
-    server = Receiver(failures=request.param)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.parametrize("receiver", [1], indirect=True)

@@ -37,6 +37,7 @@ from core.jobs import JobClient, batch_columns
 from core.rollout import version_queue
 from core.schemas import CallbackUrl, JobReply, JobState, TripRequest
 from core.trip_batch import parse_trip_batch
+from core.webhooks import private_literal
 
 router = APIRouter(prefix="/v1/trip/jobs", tags=["jobs"])
 
@@ -97,7 +98,7 @@ def _job_store(request: Request) -> JobStore:
     return store
 
 
-def _parse_job(body: bytes) -> tuple[dict[str, Any], int, str | None]:
+def _parse_job(body: bytes, allow_private: bool) -> tuple[dict[str, Any], int, str | None]:
     """Read a job body, one trip or a batch: (task payload, trips, callback URL)."""
     try:
         document = orjson.loads(body)
@@ -111,6 +112,9 @@ def _parse_job(body: bytes) -> tuple[dict[str, Any], int, str | None]:
             callback = str(_CALLBACK_URL.validate_python(callback))
         except ValidationError as exc:
             raise InvalidTrip(f"callback_url: {exc.errors()[0]['msg']}") from None
+        private = None if allow_private else private_literal(callback)
+        if private is not None:
+            raise InvalidTrip(f"callback_url: {private} is not a public address")
     if "trips" in document:
         trips, refused = parse_trip_batch(body)
     else:
@@ -142,10 +146,10 @@ async def accept_job(
     """Queue the job `body` describes, answered by model `version` (None: current), and reply
     202 with its view and Location."""
     store = _job_store(request)
-    payload, trips, callback = _parse_job(body)
+    settings = request.app.state.settings
+    payload, trips, callback = _parse_job(body, settings.webhook_allow_private)
     idempotency = _idempotency(request)
     body_sha = hashlib.sha256(f"{version or ''}\0".encode() + body).hexdigest()
-    settings = request.app.state.settings
     created = await store.create(
         payload=payload,
         trips=trips,

@@ -26,7 +26,7 @@ from core.errors import TripqError
 from core.job_store import RUN_JOB_TASK, JobRunner, WebhookQueue
 from core.schemas import JobState, TripColumns
 from core.trip_batch import merge_replies
-from core.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, sign
+from core.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, private_destination, sign
 from tasks.app import app, settings
 from tasks.offload import run_off_hub
 from tasks.worker import broker_client, model_shelf, stopping
@@ -113,6 +113,12 @@ def _deliver_one(
             return
         callback = job["callback"]
         attempt = callback["attempts"] + 1
+        private = None if settings.webhook_allow_private else private_destination(callback["url"])
+        if private is not None:  # final: another attempt would resolve the same way
+            error = f"{private} is not a public address (WEBHOOK_ALLOW_PRIVATE)"
+            queue.record(job_id, attempt, error, 0.0, final=True)
+            logger.warning("webhook refused", job_id=job_id, error=error)
+            return
         body = orjson.dumps(job)
         headers = {
             "Content-Type": "application/json",
