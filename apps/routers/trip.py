@@ -52,12 +52,18 @@ def _json_body(model_name: str) -> dict[str, Any]:
     }
 
 
-def _admit(request: Request) -> tuple[JobClient, Admission, float, str | None]:
-    """Check a predict request before its body is read; return its deadline and the model
-    version that must answer it (None: any worker's current one)."""
+def _admit(request: Request) -> tuple[JobClient, Admission, float, str | None, bool]:
+    """Check a predict request before its body is read; return how long it waits for its
+    answer, the model version that must answer it (None: any worker's current one), and
+    whether it prefers an async job to a timeout (`Prefer: respond-async`; a wait of 0: a
+    job at once)."""
     version = check_client(request)
     timeout_s = deadline(request.headers, request.app.state.settings)
-    return request.app.state.jobs, request.app.state.admission, timeout_s, version
+    wait_s = async_preference(request.headers)
+    if wait_s is not None:
+        timeout_s = min(timeout_s, wait_s)
+    jobs, admission = request.app.state.jobs, request.app.state.admission
+    return jobs, admission, timeout_s, version, wait_s is not None
 
 
 @router.post(
@@ -77,21 +83,20 @@ async def predict_trip(request: Request) -> Response:
     success; every other code is documented below.
     """
     started = time.perf_counter()
-    jobs, admission, timeout_s, version = _admit(request)
-    wait_s = async_preference(request.headers)
+    jobs, admission, timeout_s, version, prefers_async = _admit(request)
     body = await request.body()
     try:
         trip = TripRequest.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     request.state.request_id = trip.request_id
-    if wait_s == 0:
+    if timeout_s == 0:
         return await accept_job(request, body, version, preference_applied=True)
     try:
         with admission.hold():
-            answer = await jobs.predict(trip, min(timeout_s, wait_s or timeout_s), version)
+            answer = await jobs.predict(trip, timeout_s, version)
     except TripqError as exc:
-        if wait_s is not None and isinstance(exc, DeadlineExceeded):
+        if prefers_async and isinstance(exc, DeadlineExceeded):
             return await accept_job(request, body, version, preference_applied=True)
         logger.info(
             "predict",
@@ -138,20 +143,17 @@ async def predict_trip_batch(request: Request) -> Response:
     504/503/500 when no prediction could be made.
     """
     started = time.perf_counter()
-    jobs, admission, timeout_s, version = _admit(request)
-    wait_s = async_preference(request.headers)
+    jobs, admission, timeout_s, version, prefers_async = _admit(request)
     body = await request.body()
     trips, refused = parse_trip_batch(body)
-    if wait_s == 0:
+    if timeout_s == 0:
         return await accept_job(request, body, version, preference_applied=True)
     chunk_size = request.app.state.settings.batch_chunk_size
     try:
         with admission.hold(len(trips)):
-            answers = await jobs.predict_many(
-                trips, min(timeout_s, wait_s or timeout_s), chunk_size, version
-            )
+            answers = await jobs.predict_many(trips, timeout_s, chunk_size, version)
     except DeadlineExceeded:
-        if wait_s is None:
+        if not prefers_async:
             raise
         return await accept_job(request, body, version, preference_applied=True)
     replies = merge_replies(
