@@ -9,8 +9,9 @@ with (they hold it), so a promotion or a rollback drops nothing.
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from loguru import logger
 
@@ -22,13 +23,37 @@ from core.schemas import TripColumns, TripRequest
 
 _RETRY_LOAD_S = 30.0  # a version that failed to load is tried again after this long
 
+T = TypeVar("T")
+
+
+class Offload(Protocol):
+    """Run `fn(*args)` somewhere, wait for it, and return what it returned."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: object) -> T: ...
+
+
+def run_here(fn: Callable[..., T], /, *args: object) -> T:
+    """Offload nowhere: call `fn(*args)` on the caller's thread."""
+    return fn(*args)
+
 
 class ModelShelf:
-    """Hold one process's models by version; load each at most once."""
+    """Hold one process's models by version; load each at most once.
 
-    def __init__(self, artifact_dir: Path, default_version: str | None) -> None:
+    Only the heavy calls, loading a model and predicting, go through `offload` (a worker passes
+    one that runs them on a native thread, off the gevent hub). Everything else, the bookkeeping
+    and the logging, stays on the caller's thread: a lock or a log sink that a greenlet and a
+    native thread both take can leave the greenlet waiting for good once the thread releases it
+    (gevent issue #2013). That is how a worker once predicted a batch and then never stored its
+    result nor acknowledged it, its greenlet stuck in a log line.
+    """
+
+    def __init__(
+        self, artifact_dir: Path, default_version: str | None, offload: Offload = run_here
+    ) -> None:
         self._artifact_dir = artifact_dir
         self._default_version = default_version  # None: the version named in CURRENT
+        self._offload = offload
         self._models: dict[str, TripModel] = {}
         self._current: str | None = None
         self._failed: dict[str, float] = {}  # version -> when it last failed to load
@@ -58,7 +83,8 @@ class ModelShelf:
                 )
             model = self._models.get(name)
             if model is None:
-                model = load_model(resolve_model_dir(self._artifact_dir, name))
+                path = resolve_model_dir(self._artifact_dir, name)
+                model = self._offload(load_model, path)
                 self._models = {**self._models, name: model}
             if self._current is None and version is None:
                 self._current = name
@@ -92,14 +118,14 @@ class ModelShelf:
     def predict(self, trips: Sequence[TripRequest]) -> tuple[list[float], str]:
         """Predict durations for `trips` with the current model; name its version."""
         model = self.get()
-        return model.predict_trips(trips), model.version
+        return self._offload(model.predict_trips, trips), model.version
 
     def predict_columns(
         self, trips: TripColumns, version: str | None = None
     ) -> tuple[list[float], str]:
         """Predict durations for trips given as columns with model `version` (None: current)."""
         model = self.get(version)
-        durations = model.predict_columns(
-            trips.PULocationID, trips.DOLocationID, trips.trip_distance
+        durations = self._offload(
+            model.predict_columns, trips.PULocationID, trips.DOLocationID, trips.trip_distance
         )
         return durations, model.version

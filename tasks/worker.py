@@ -25,7 +25,6 @@ from kombu.exceptions import OperationalError
 from kombu.utils import functional as kombu_functional
 from loguru import logger
 from prometheus_client import start_http_server
-from threadpoolctl import threadpool_limits
 
 from config import get_settings
 from core import fleet
@@ -35,10 +34,10 @@ from core.redis_clients import sync_client
 from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.serving import ModelShelf
 from tasks import metrics as worker_metrics
-from tasks.offload import run_off_hub, set_offload_threads
+from tasks.offload import run_off_hub, set_offload_threads, show_warnings_on_hub
 
 settings = get_settings()
-model_shelf = ModelShelf(settings.artifact_dir, settings.serving_version)
+model_shelf = ModelShelf(settings.artifact_dir, settings.serving_version, offload=run_off_hub)
 
 # Set when the worker shuts down: its background threads end.
 stopping = threading.Event()
@@ -107,11 +106,9 @@ def _on_ready(sender: Any, **_: Any) -> None:
     """Load the model, then announce the worker with a heartbeat until it stops."""
     name = sender.hostname
     set_offload_threads(settings.inference_threads)
-    # Inference runs on INFERENCE_THREADS native threads already; OpenMP threads inside each
-    # call (scikit-learn's tree ensembles use them) would only fight them, and the API, for cores.
-    threadpool_limits(1, user_api="openmp")
+    show_warnings_on_hub()
     try:
-        model = run_off_hub(model_shelf.get)
+        model = model_shelf.get()
         logger.info("model loaded", worker=name, model_version=model.version)
     except ModelError as exc:
         # The worker stays up so that readiness can say what is wrong; its tasks fail cleanly.
@@ -207,7 +204,7 @@ def _follow_routing(consumer: Any, client: redis.Redis, consumed: set[str]) -> N
         routing = Routing.from_hash(client.hgetall(ROUTING_KEY))
     except redis.RedisError:
         return  # the last routing stays in force; the consumer reconnects on its own
-    run_off_hub(model_shelf.follow, routing)
+    model_shelf.follow(routing)
     held = set(model_shelf.versions)
     for version in sorted(held - consumed):
         consumer.add_task_queue(version_queue(settings.queue, version))

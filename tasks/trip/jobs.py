@@ -28,7 +28,6 @@ from core.schemas import JobState, TripColumns
 from core.trip_batch import merge_replies
 from core.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, private_destination, sign
 from tasks.app import app, settings
-from tasks.offload import run_off_hub
 from tasks.worker import broker_client, model_shelf, stopping
 
 _client = broker_client()
@@ -73,7 +72,7 @@ def _predict(
     try:
         trips = TripColumns.model_validate(payload["columns"])
         if trips.trip_distance:
-            durations, answered_by = run_off_hub(model_shelf.predict_columns, trips, pinned)
+            durations, answered_by = model_shelf.predict_columns(trips, pinned)
         else:  # every trip of the job was refused at submission
             durations, answered_by = [], pinned or ""
     except TripqError as exc:

@@ -13,7 +13,6 @@ from core import tracing
 from core.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
 from tasks import metrics as worker_metrics
 from tasks.app import app
-from tasks.offload import run_off_hub
 from tasks.worker import model_shelf
 
 
@@ -22,7 +21,7 @@ def predict_ride(trip: dict[str, Any], sent_at: float) -> dict[str, Any]:
     """Predict the duration of one trip."""
     started = time.time()
     request = TripRequest.model_validate(trip)
-    durations, version = run_off_hub(model_shelf.predict, [request])
+    durations, version = model_shelf.predict([request])
     inference_ms = (time.time() - started) * 1000
     prediction = TripPrediction(
         request_id=request.request_id,
@@ -50,7 +49,7 @@ def predict_batch(
     """
     started = time.time()
     trips = TripColumns.model_validate(columns)
-    durations, version = run_off_hub(model_shelf.predict_columns, trips, model_version)
+    durations, version = model_shelf.predict_columns(trips, model_version)
     inference_s = time.time() - started
     answer = BatchPrediction(
         durations=durations,

@@ -1,16 +1,20 @@
 """A worker's model shelf following the routing: load first, then serve; drop what is unnamed."""
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from core.errors import ModelError
 from core.rollout import Routing
+from core.schemas import TripColumns
 from core.serving import ModelShelf
 from tests.core.conftest import REPO_ROOT
 
 BASELINE, GBM = "baseline-2021-01", "gbm-2021-01"
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -59,3 +63,21 @@ def test_a_version_that_cannot_load_leaves_the_current_one_serving(artifacts: Pa
     assert shelf.versions == [BASELINE]
     with pytest.raises(ModelError, match="absent-1"):
         shelf.get("absent-1")
+
+
+def test_only_loading_and_predicting_go_through_the_offload(artifacts: Path) -> None:
+    offloaded: list[str] = []
+
+    def offload(fn: Callable[..., T], /, *args: object) -> T:
+        offloaded.append(fn.__name__)
+        return fn(*args)
+
+    shelf = ModelShelf(artifacts, None, offload=offload)
+    shelf.follow(Routing(current=GBM, previous=BASELINE))
+    durations, version = shelf.predict_columns(
+        TripColumns(PULocationID=[43], DOLocationID=[151], trip_distance=[1.01])
+    )
+
+    assert offloaded == ["load_model", "load_model", "predict_columns"]
+    assert version == GBM
+    assert durations == shelf.get(GBM).predict_columns([43], [151], [1.01])
