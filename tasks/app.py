@@ -1,6 +1,10 @@
 """The Celery app shared by workers and by tools that inspect them (`celery -A tasks.app ...`)."""
 
+from typing import Any
+
 from celery import Celery
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
 
 from config import Settings, get_settings
 from core.redis_clients import transport_options
@@ -32,11 +36,33 @@ def visibility_timeout_s(settings: Settings) -> float:
     return settings.request_timeout_max_s + VISIBILITY_MARGIN_S
 
 
+# How long an event (the worker-heartbeat events Flower reads) keeps trying a lost broker.
+_EVENT_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.5, "interval_step": 0.5}
+
+
+class BoundedEventDispatcher(EventDispatcher):  # type: ignore[misc]
+    """Celery's event dispatcher, giving up on an event after a few tries instead of never.
+
+    Celery publishes each worker-heartbeat event with kombu's default retry policy, which retries
+    a lost broker forever while it holds the dispatcher's lock; a warm shutdown waits for that
+    lock, so a worker told to stop while Redis was down never exited. An event that cannot be
+    sent is kept and sent once the broker is back.
+    """
+
+    def send(self, type: str, *args: Any, retry_policy: Any = None, **kwargs: Any) -> Any:
+        return super().send(type, *args, retry_policy=retry_policy or _EVENT_RETRY_POLICY, **kwargs)
+
+
+class BoundedEvents(Events):  # type: ignore[misc]
+    dispatcher_cls = BoundedEventDispatcher
+
+
 app = Celery(
     "tripq",
     broker=settings.broker_url,
     backend=settings.result_backend,
     include=["tasks.trip.tasks", "tasks.trip.jobs", "tasks.worker"],
+    events=BoundedEvents,
 )
 app.conf.update(
     # JSON only, both ways: a worker never unpickles what it reads from Redis.

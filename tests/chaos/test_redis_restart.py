@@ -42,6 +42,8 @@ VISIBILITY_S = visibility_timeout_s(Settings(request_timeout_max_s=DEADLINE_S))
 # every client sees at once; a frozen one (SIGSTOP: as a network partition or a stalled host)
 # says nothing, and only a deadline on each call can tell.
 FREEZE_NOTICED_S = 1.5
+# A worker told to stop with Redis away has nothing to finish: its tasks cannot answer anyway.
+STOP_WHILE_DOWN_S = 10.0
 
 
 def answered_ok(load: Load, since: float) -> bool:
@@ -177,3 +179,37 @@ def test_redis_down_answers_503_at_once_and_recovers_without_restarting_anything
         assert api.alive()
         assert worker.alive()
         assert {p.pid for p in psutil.Process(api.process.pid).children()} == api_processes
+
+
+def test_a_worker_told_to_stop_while_redis_is_down_exits_at_once(
+    own_redis: EmbeddedRedis, log_dir: Path, figures: Callable[[str], None]
+) -> None:
+    env = short_deadline_env(own_redis.url, log_dir)
+    (worker,) = start_workers(env, log_dir, [1])
+    events = redis.Redis.from_url(own_redis.url).pubsub()  # type: ignore[no-untyped-call]
+    try:
+        # Redis goes away just after one of Celery's own heartbeat events, as in the field.
+        events.psubscribe("*celeryev/worker.heartbeat")
+        wait_until(
+            lambda: (m := events.get_message(timeout=0.5)) is not None and m["type"] == "pmessage",
+            10,
+            "a heartbeat event from the worker",
+        )
+        interrupt(own_redis, "crash")
+        # Two missed heartbeats (WORKER_HEARTBEAT_S apart) span at least one of Celery's own
+        # heartbeat events, which is what kept a stopping worker waiting for the broker.
+        wait_until(
+            lambda: worker.log_tail(1_000_000).count("heartbeat failed") >= 2,
+            20,
+            "the worker to miss two heartbeats",
+        )
+        worker.process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        wait_until(lambda: not worker.alive(), STOP_WHILE_DOWN_S, "the worker to exit")
+        exited_s = time.monotonic() - stopped_at
+    finally:
+        events.close()
+        worker.stop()
+
+    figures(f"SIGTERM with Redis down: the worker exited {exited_s:.1f} s later")
+    assert worker.process.returncode == 0
