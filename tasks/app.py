@@ -46,7 +46,7 @@ class BoundedEventDispatcher(EventDispatcher):  # type: ignore[misc]
     Celery publishes each worker-heartbeat event with kombu's default retry policy, which retries
     a lost broker forever while it holds the dispatcher's lock; a warm shutdown waits for that
     lock, so a worker told to stop while Redis was down never exited. An event that cannot be
-    sent is kept and sent once the broker is back.
+    sent is not tried further: the next heartbeat comes two seconds later.
     """
 
     def send(self, type: str, *args: Any, retry_policy: Any = None, **kwargs: Any) -> Any:
