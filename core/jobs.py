@@ -57,6 +57,9 @@ _SEND_TIMEOUT_S = 1.0
 _WATCH_EVERY_S = 0.25
 # How often the routing (core.rollout) and the versions live workers hold are read again.
 _ROUTING_EVERY_S = 0.5
+# What the API's connections call themselves (CLIENT SETNAME): in Redis's CLIENT LIST, they are
+# told apart from the workers' (kombu's pidbox subscribes to patterns too).
+CLIENT_NAME = "tripq-api"
 
 
 class TripAnswer(NamedTuple):
@@ -109,11 +112,12 @@ class JobClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobClient":
         """Build the client the settings describe."""
-        broker = async_client(settings, settings.broker_url, health_check_interval=15)
+        options = {"health_check_interval": 15, "client_name": CLIENT_NAME}
+        broker = async_client(settings, settings.broker_url, **options)
         backend = (
             broker
             if settings.result_backend == settings.broker_url
-            else async_client(settings, settings.result_backend, health_check_interval=15)
+            else async_client(settings, settings.result_backend, **options)
         )
         return cls(
             broker=broker,

@@ -19,6 +19,7 @@ import psutil
 import pytest
 import redis
 
+from core.jobs import CLIENT_NAME
 from core.redis_server import EmbeddedRedis
 from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
 from tests.support import (
@@ -50,7 +51,11 @@ def api_processes(api: Service) -> set[int]:
 
 def listeners(client: redis.Redis) -> set[int]:
     """Name the Redis connections that hold a result subscription: one per API process up."""
-    return {int(c["id"]) for c in client.client_list() if int(c.get("psub", 0)) > 0}
+    return {
+        int(c["id"])
+        for c in client.client_list()
+        if c.get("name") == CLIENT_NAME and int(c.get("psub", 0)) > 0
+    }
 
 
 def test_api_process_sigkill_fails_only_its_own_connections_and_gunicorn_replaces_it(
