@@ -708,10 +708,17 @@ def dockerfiles() -> dict[str, list[Instruction]]:
 def compose_validator() -> jsonschema.protocols.Validator:
     """Return a validator for the Compose Specification schema that check-jsonschema vendors."""
     vendor = importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
-    schema = json.loads(vendor.joinpath("compose-spec.json").read_text(encoding="utf-8"))
+    return validator_of(
+        json.loads(vendor.joinpath("compose-spec.json").read_text(encoding="utf-8"))
+    )
+
+
+def validator_of(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """Return a validator for `schema`, of the draft it names, once the schema itself checks."""
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
-    return validator_class(schema)
+    validator: jsonschema.protocols.Validator = validator_class(schema)
+    return validator
 
 
 def schema_errors(validator: jsonschema.protocols.Validator, document: Any) -> list[str]:

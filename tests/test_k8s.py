@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import typer.main
@@ -27,7 +26,7 @@ import yaml
 from pydantic import SecretStr
 
 from config import Settings
-from tests.test_containers import parse_dockerfile
+from tests.test_containers import parse_dockerfile, validator_of
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "boot" / "k8s"
@@ -381,18 +380,13 @@ def pod_settings(base: list[Manifest], secret: Manifest) -> dict[str, Settings]:
 
 @pytest.fixture(scope="module")
 def keda_validator() -> Any:
-    schema = json.loads((SCHEMAS / "keda.sh-v1alpha1.json").read_text(encoding="utf-8"))
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
-    return validator_class(schema)
+    return validator_of(json.loads((SCHEMAS / "keda.sh-v1alpha1.json").read_text(encoding="utf-8")))
 
 
 @pytest.fixture(scope="module")
 def kustomization_validator() -> Any:
     schema = json.loads((SCHEMAS / "kustomization-v1beta1.json").read_text(encoding="utf-8"))
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
-    return validator_class(schema)
+    return validator_of(schema)
 
 
 @pytest.fixture(scope="module")
