@@ -147,8 +147,20 @@ class Settings(BaseSettings):
         description="Model version the workers load; empty means the one named in CURRENT.",
     )
     tlc_base_url: str = "https://d37ci6vzurychx.cloudfront.net/trip-data"
-    tlc_zones_url: str = "https://d37ci6vzurychx.cloudfront.net/misc/taxi_zone_lookup.csv"
+    zones_file: Path = Field(
+        default=PROJECT_ROOT / "repo" / "reference" / "taxi_zone_lookup.csv",
+        description="The TLC taxi zone lookup that `tripq train` reads; one ships with tripq.",
+    )
     data_dir: Path = PROJECT_ROOT / "repo" / "data"
+    tree_compiler: str = Field(
+        default="gcc",
+        description="C compiler that builds a gbm's trees into a library (gcc or clang); empty: "
+        "serve with scikit-learn's evaluator.",
+    )
+    tree_cache_dir: Path = Field(
+        default=PROJECT_ROOT / "repo" / "cache" / "trees",
+        description="Where compiled trees are kept, by artifact sha256; private to its user.",
+    )
 
     # --- Logging and the embedded Redis of `tripq up` ---
     log_dir: Path = PROJECT_ROOT / "repo" / "logs"

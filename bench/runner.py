@@ -1,7 +1,8 @@
 """`tripq bench`: every system side by side on this machine, each with one API process.
 
-    for each deployment (noop, inprocess, naive, tripq, tripq-prefork; tripq serves tripq and
-    tripq-batch; tripq-prefork is tripq's API with a prefork worker, to compare the pools):
+    for each deployment (noop, inprocess, inprocess-compiled, naive, tripq, tripq-baseline,
+    tripq-prefork; tripq serves tripq and tripq-batch with the default model, tripq-baseline
+    serves the linear baseline, tripq-prefork is tripq's API with a prefork worker):
         start a fresh embedded Redis on a free port, then the system's processes; wait until ready
         for each client count: warm up (not counted), measure, let the queue drain
         stop every process it started, newest first: SIGTERM, then SIGKILL after a bound
@@ -45,6 +46,7 @@ from config import PROJECT_ROOT, get_settings
 from core.redis_server import EmbeddedRedis
 
 BATCH_PATH = "/v1/trip/predict/batch"
+BASELINE_VERSION = "baseline-2021-01"
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
 BENCH_TRIP = {"PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
 
@@ -63,6 +65,7 @@ _GUNICORN_CONF = PROJECT_ROOT / "boot" / "gunicorn_conf.py"
 _APP_FACTORIES = {
     "noop": "bench.apps:create_noop_app()",
     "inprocess": "bench.apps:create_inprocess_app()",
+    "inprocess-compiled": "bench.apps:create_compiled_app()",
     "naive": "bench.apps:create_naive_app()",
 }
 
@@ -249,7 +252,9 @@ def start_deployment(name: str, cfg: BenchConfig, stack: ExitStack, work: Path) 
     env = _child_env(server.url, work / "logs")
     port = free_port()
     deployment = Deployment(f"http://127.0.0.1:{port}", server.url)
-    if name in ("tripq", "tripq-prefork"):
+    if name == "tripq-baseline":  # tripq itself, serving the linear baseline
+        env["SERVING_VERSION"] = BASELINE_VERSION
+    if name in ("tripq", "tripq-prefork", "tripq-baseline"):
         _start_tripq(cfg, stack, env, work, port, prefork=name == "tripq-prefork")
     else:
         _start_app(name, stack, env, work, port)

@@ -11,7 +11,9 @@ from config import PROJECT_ROOT
 
 console = Console(stderr=True)
 
-ALL_SYSTEMS = "noop,inprocess,naive,tripq,tripq-batch,tripq-prefork"
+ALL_SYSTEMS = (
+    "noop,inprocess,inprocess-compiled,naive,tripq,tripq-batch,tripq-baseline,tripq-prefork"
+)
 
 
 class Loadgen(StrEnum):

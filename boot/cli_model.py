@@ -100,7 +100,7 @@ def train(
         str | None,
         typer.Option(
             "--zones",
-            help="TLC taxi zone lookup CSV; by default DATA_DIR's, downloaded once if absent.",
+            help="TLC taxi zone lookup CSV; by default the one that ships with tripq.",
         ),
     ] = None,
     force: Annotated[
@@ -112,7 +112,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model from NYC TLC trip files."""
-    from core.training import read_zones, resolve_zones, train_model
+    from core.training import read_zones, train_model
 
     settings = get_settings()
     out, err = Console(), Console(stderr=True)
@@ -121,9 +121,7 @@ def train(
         with _progress(err) as report:
             train_paths = _data_files(train_files, settings, report)
             [valid_path] = _data_files([valid], settings, report)
-            zones_path = resolve_zones(
-                zones, data_dir=settings.data_dir, url=settings.tlc_zones_url
-            )
+            zones_path = Path(zones).expanduser() if zones else settings.zones_file
             card = train_model(
                 train_paths,
                 valid_path,

@@ -1,12 +1,15 @@
 """Trip features for the gradient-boosted model: cleaning and zone statistics, learned in training.
 
     PULocationID, DOLocationID, trip_distance   (as the files or the API give them: int, str, float)
+    [pickup time]                               (New York wall-clock seconds; NaN: absent)
       ─ clean ─> zone ids 1..265 (0: unknown), miles in [0, 100] (NaN: unusable)
       ─ zone statistics ─> per pickup zone, drop-off zone and zone pair: the mean duration and the
                            mean pace (minutes per mile), each shrunk towards the overall mean by
                            how few trips it rests on
       ─ boroughs ─> the borough of each zone, from the TLC's zone lookup
-      ─> 13 columns for HistGradientBoostingRegressor
+      ─ pickup time ─> hour of day (fractional), day of week (Monday 0), US federal holiday (0/1);
+                       NaN in all three when the trip has no pickup time
+      ─> 13 columns (16 with `pickup_time=True`) for the boosted trees (core.trees)
 
 The cleaning lives in the fitted transformer, so training and serving cannot clean differently.
 The statistics of a training trip come from the other folds of the training set (cross-fitting):
@@ -42,23 +45,68 @@ COLUMNS = (
     "do_borough",
 )
 
+TIME_COLUMNS = ("pickup_hour", "pickup_weekday", "pickup_holiday")
+
+_DAY_S = 86_400
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is 0
+_HOLIDAY_YEARS = ("2009-01-01", "2100-12-31")  # the pickup times the API accepts
+
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
 
 
 def clean_trips(trips: ArrayLike) -> tuple[Ints, Ints, Floats]:
     """Return zone ids (0 where unknown or outside 1..265) and miles (NaN where unusable)."""
-    frame = pd.DataFrame(np.asarray(trips, dtype=object)[:, :3])
-    pu, do = (_zone(frame[column]) for column in (0, 1))
-    miles = pd.to_numeric(frame[2], errors="coerce").to_numpy(dtype=np.float64)
+    array = np.asarray(trips)
+    if array.dtype == object:  # files: zone ids as text or numbers, gaps as None
+        frame = pd.DataFrame(array[:, :3])
+        columns = [pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in range(3)]
+    else:  # the serving path: numbers already, so no pandas on the way (~0.2 ms a call)
+        columns = [array[:, c].astype(np.float64) for c in range(3)]
+    pu, do, miles = columns
     miles = np.where(np.isfinite(miles) & (miles >= 0), np.minimum(miles, MAX_MILES), np.nan)
-    return pu, do, miles
+    return _zone(pu), _zone(do), miles
 
 
-def _zone(ids: "pd.Series[Any]") -> Ints:
-    numbers = pd.to_numeric(ids, errors="coerce").to_numpy(dtype=np.float64)
-    known = np.isfinite(numbers) & (numbers >= 1) & (numbers <= ZONES) & (numbers % 1 == 0)
+def pickup_seconds(trips: ArrayLike) -> Floats:
+    """Return each trip's pickup time (4th column), NaN where absent or unusable."""
+    array = np.asarray(trips)
+    if array.ndim != 2 or array.shape[1] < 4:
+        return np.full(len(array), np.nan)
+    if array.dtype == object:
+        seconds: Floats = pd.to_numeric(pd.Series(array[:, 3]), errors="coerce").to_numpy(
+            np.float64
+        )
+        return seconds
+    return array[:, 3].astype(np.float64)
+
+
+def _zone(numbers: Floats) -> Ints:
+    with np.errstate(invalid="ignore"):
+        known = np.isfinite(numbers) & (numbers >= 1) & (numbers <= ZONES) & (numbers % 1 == 0)
     return np.where(known, numbers, 0).astype(np.int64)
+
+
+def us_holidays() -> Ints:
+    """Number the days (since 1970) of US federal holidays over the years the API accepts."""
+    from pandas.tseries.holiday import USFederalHolidayCalendar
+
+    days = USFederalHolidayCalendar().holidays(*_HOLIDAY_YEARS).values.astype("datetime64[D]")
+    holidays: Ints = days.astype(np.int64)
+    return holidays
+
+
+def time_features(seconds: Floats, holidays: Ints) -> Floats:
+    """Hour of day, day of week and holiday of New York wall-clock times; NaN rows stay NaN."""
+    day = np.floor(seconds / _DAY_S)
+    hour = (seconds - day * _DAY_S) / 3600
+    weekday = (day + _EPOCH_WEEKDAY) % 7
+    known = np.isfinite(day)
+    days = np.where(known, day, 0).astype(np.int64)
+    # `holidays` is sorted: a binary search is ~30x cheaper than np.isin for a few trips.
+    found = np.minimum(np.searchsorted(holidays, days), max(len(holidays) - 1, 0))
+    is_holiday = (holidays[found] == days) if len(holidays) else np.zeros(len(days), bool)
+    return np.column_stack([hour, weekday, np.where(known, is_holiday, np.nan)])
 
 
 def zone_boroughs(lookup: "pd.DataFrame") -> tuple[int, ...]:
@@ -105,8 +153,10 @@ class TripFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         smoothing: float = 1.0,
         folds: int = 5,
         random_state: int = 0,
+        pickup_time: bool = False,
     ) -> None:
         self.boroughs = boroughs  # a code per zone id 0..265 (see zone_boroughs); () for none
+        self.pickup_time = pickup_time  # add TIME_COLUMNS, read from a 4th input column
         self.smoothing = smoothing
         self.folds = folds
         self.random_state = random_state
@@ -119,7 +169,8 @@ class TripFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         if codes.shape != (ZONES + 1,):
             raise ValueError(f"boroughs needs one code per zone id 0..{ZONES}")
         self.borough_codes_ = codes
-        self.n_features_in_ = 3
+        self.holidays_ = us_holidays() if self.pickup_time else np.zeros(0, np.int64)
+        self.n_features_in_ = 4 if self.pickup_time else 3
         return self
 
     def fit_transform(self, trips: ArrayLike, minutes: ArrayLike | None = None, **_: Any) -> Floats:
@@ -135,17 +186,24 @@ class TripFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             held = fold == k
             minutes_k, pace_k = self._means(pu[~held], do[~held], miles[~held], target[~held])
             out[held] = self._features(pu[held], do[held], miles[held], minutes_k, pace_k)
-        return np.column_stack([out, self.borough_codes_[pu], self.borough_codes_[do]])
+        return self._finish(trips, out, pu, do)
 
     def transform(self, trips: ArrayLike) -> Floats:
         """Give trips the statistics learned from all training trips."""
         pu, do, miles = clean_trips(trips)
         features = self._features(pu, do, miles, self.minutes_, self.pace_)
-        return np.column_stack([features, self.borough_codes_[pu], self.borough_codes_[do]])
+        return self._finish(trips, features, pu, do)
 
     def get_feature_names_out(self, input_features: Any = None) -> NDArray[np.str_]:
         """Name the output columns."""
-        return np.asarray(COLUMNS)
+        return np.asarray(COLUMNS + TIME_COLUMNS if self.pickup_time else COLUMNS)
+
+    def _finish(self, trips: ArrayLike, features: Floats, pu: Ints, do: Ints) -> Floats:
+        """Add the boroughs, and the time columns when the model reads pickup times."""
+        columns = [features, self.borough_codes_[pu], self.borough_codes_[do]]
+        if self.pickup_time:
+            columns.append(time_features(pickup_seconds(trips), self.holidays_))
+        return np.column_stack(columns)
 
     def _means(self, pu: Ints, do: Ints, miles: Floats, minutes: Floats) -> tuple[_Means, _Means]:
         pace = np.clip(minutes / np.maximum(miles, MIN_PACE_MILES), 0, MAX_PACE)

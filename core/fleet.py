@@ -1,7 +1,8 @@
 """The worker fleet as Redis sees it: each worker writes a heartbeat, readers list the live ones.
 
     tripq:workers            sorted set: worker name -> time of its last heartbeat (epoch seconds)
-    tripq:workers:info       hash: worker name -> JSON {model_version, model_versions, concurrency}
+    tripq:workers:info       hash: worker name -> JSON {model_version, model_versions, evaluators,
+                                                          concurrency}
 
 A worker is live while its last heartbeat is younger than the configured TTL; stale entries are
 pruned by readers, so a SIGKILLed worker disappears without anyone cleaning up after it.
@@ -17,10 +18,17 @@ WORKERS_KEY = "tripq:workers"
 WORKERS_INFO_KEY = "tripq:workers:info"
 
 
-def encode_worker_info(model_version: str | None, versions: list[str], concurrency: int) -> str:
-    """Encode what a worker's heartbeat says about it."""
+def encode_worker_info(
+    model_version: str | None, evaluators: dict[str, str], concurrency: int
+) -> str:
+    """Encode what a worker's heartbeat says about it: its versions and what runs each."""
     return json.dumps(
-        {"model_version": model_version, "model_versions": versions, "concurrency": concurrency}
+        {
+            "model_version": model_version,
+            "model_versions": sorted(evaluators),
+            "evaluators": evaluators,
+            "concurrency": concurrency,
+        }
     )
 
 
@@ -41,6 +49,7 @@ def live_workers(
                 name=name,
                 model_version=details.get("model_version"),
                 model_versions=details.get("model_versions", []),
+                evaluators=details.get("evaluators", {}),
                 concurrency=details.get("concurrency", 0),
                 seen_s_ago=round(max(0.0, now - last_seen), 3),
             )

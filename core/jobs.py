@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -41,6 +41,7 @@ from core.errors import (
     PredictionFailed,
     VersionNotServed,
 )
+from core.pickup import wall_clock_seconds
 from core.redis_clients import async_client
 from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.schemas import BatchPrediction, TripRequest, WorkerInfo
@@ -455,7 +456,7 @@ class JobClient:
                 await asyncio.sleep(delay)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     @staticmethod
     async def _confirmed(pubsub: PubSub) -> None:
@@ -509,13 +510,23 @@ class JobClient:
             logger.debug("could not delete read results", count=len(keys))
 
 
-def batch_columns(trips: Sequence[TripRequest]) -> dict[str, list[int] | list[float]]:
-    """Lay trips out as the columns a batch task carries (request ids stay in the API)."""
-    return {
+def batch_columns(trips: Sequence[TripRequest]) -> dict[str, Any]:
+    """Lay trips out as the columns a batch task carries (request ids stay in the API).
+
+    Pickup times travel as New York wall-clock seconds, and only when a trip has one, so the
+    tasks of clients that send none are what they always were.
+    """
+    columns: dict[str, Any] = {
         "PULocationID": [t.PULocationID for t in trips],
         "DOLocationID": [t.DOLocationID for t in trips],
         "trip_distance": [t.trip_distance for t in trips],
     }
+    if any(t.pickup_datetime is not None for t in trips):
+        columns["pickup_wall_clock_s"] = [
+            None if t.pickup_datetime is None else wall_clock_seconds(t.pickup_datetime)
+            for t in trips
+        ]
+    return columns
 
 
 def batch_prediction(outcome: protocol.TaskOutcome, size: int) -> BatchPrediction:

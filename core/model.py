@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import skops.io as sio
+from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LinearRegression
@@ -27,6 +28,7 @@ from sklearn.pipeline import Pipeline
 
 from core.errors import InvalidArtifact, ModelError
 from core.features import TripFeatures
+from core.pickup import wall_clock_seconds
 from core.registry import (
     ARTIFACT_FILE,
     CARD_FILE,
@@ -37,15 +39,29 @@ from core.registry import (
     read_card,
     read_model_file,
 )
+from core.trees import (
+    COMPILED,
+    CompiledEvaluator,
+    Evaluator,
+    PickupAwareRegressor,
+    SklearnEvaluator,
+    probe_rows,
+    verify,
+)
 
 # The fields of a trip the model reads; a card lists them so callers know the model's input.
+# A model that reads the pickup time answers trips without one too (core.trees).
 FEATURES = ("PULocationID", "DOLocationID", "trip_distance")
+PICKUP_FEATURE = "pickup_datetime"
+FEATURE_SETS = (FEATURES, (*FEATURES, PICKUP_FEATURE))
 
 # The recipes (core.registry.MODEL_KINDS), each a fixed pipeline shape.
 PIPELINE_STEPS: dict[str, tuple[type, ...]] = {
-    "gbm": (TripFeatures, HistGradientBoostingRegressor),
+    "gbm": (TripFeatures, PickupAwareRegressor),
     "baseline": (DictVectorizer, LinearRegression),
 }
+# The evaluator of a baseline: its compiled linear scorer (LinearScorer).
+LINEAR = "linear"
 if tuple(PIPELINE_STEPS) != MODEL_KINDS:
     raise RuntimeError("core.registry.MODEL_KINDS must name every recipe of PIPELINE_STEPS")
 
@@ -53,12 +69,14 @@ if tuple(PIPELINE_STEPS) != MODEL_KINDS:
 # what they are made of (names, since several are private to scikit-learn).
 TRUSTED_TYPES: tuple[type, ...] = (
     Pipeline,
+    HistGradientBoostingRegressor,
     np.float64,
     np.ndarray,
     *(step for steps in PIPELINE_STEPS.values() for step in steps),
 )
 TRUSTED_TYPE_NAMES = (
     "core.features._Means",
+    "numpy.int64",
     "sklearn._loss.link.IdentityLink",
     "sklearn._loss.link.Interval",
     "sklearn._loss.loss.HalfSquaredError",
@@ -84,6 +102,9 @@ class TripLike(Protocol):
     @property
     def trip_distance(self) -> float: ...
 
+    @property
+    def pickup_datetime(self) -> datetime | None: ...
+
 
 def trip_features(pu: int | str, do: int | str, distance: float) -> Features:
     """Return the model's input for one trip; training and serving both call this."""
@@ -91,9 +112,9 @@ def trip_features(pu: int | str, do: int | str, distance: float) -> Features:
     return {"PU_DO": f"{pu}_{do}", "trip_distance": float(distance)}
 
 
-# The example trip of the API's docs, as columns; every loaded model must answer it with a finite
-# number.
-_SMOKE_TRIP = ([130], [250], [3.0])
+# The example trip of the API's docs, as columns, without and with a pickup time; every loaded
+# model must answer both with a finite number.
+_SMOKE_TRIPS = (([130], [250], [3.0], None), ([130], [250], [3.0], [1_612_530_000.0]))
 
 
 class LinearScorer:
@@ -130,15 +151,21 @@ class LinearScorer:
 
 
 class TripModel:
-    """A fitted pipeline and the card that describes it."""
+    """A fitted pipeline, the card that describes it, and the evaluator that runs it."""
 
     def __init__(self, pipeline: Pipeline, card: ModelCard) -> None:
         self._pipeline = pipeline
         self._card = card
         self._scorer: LinearScorer | None = None
+        self._features: TripFeatures | None = None
+        self._regressor: PickupAwareRegressor | None = None
+        self._evaluator: Evaluator | None = None
+        first, last = (step for _, step in pipeline.steps)
         if card.kind == "baseline":
-            vectorizer, regression = (step for _, step in pipeline.steps)
-            self._scorer = LinearScorer(vectorizer, regression)
+            self._scorer = LinearScorer(first, last)
+        else:
+            self._features, self._regressor = first, last
+            self._evaluator = SklearnEvaluator(last)
 
     @property
     def version(self) -> str:
@@ -155,12 +182,36 @@ class TripModel:
         """The model's card."""
         return self._card
 
+    @property
+    def regressor(self) -> PickupAwareRegressor | None:
+        """The boosted trees of a gbm; None for a baseline."""
+        return self._regressor
+
+    @property
+    def evaluator(self) -> str:
+        """Name what computes the answers: `compiled` or `scikit-learn` trees, or `linear`."""
+        return LINEAR if self._evaluator is None else self._evaluator.name
+
+    def use_compiled(self, libraries: dict[str, Path]) -> None:
+        """Serve from compiled libraries of this model's trees, once they give its answers."""
+        if self._regressor is None or self._evaluator is None:
+            raise ModelError(f"model {self.version} has no trees to compile")
+        if self._evaluator.name == COMPILED:
+            return
+        compiled = CompiledEvaluator(libraries)
+        verify(compiled, self._evaluator, probe_rows(self._regressor))
+        self._evaluator = compiled
+
     def predict_trips(self, trips: Sequence[TripLike]) -> list[float]:
         """Predict the duration in minutes of each trip, vectorized over the whole batch."""
+        times = [t.pickup_datetime for t in trips]
         return self.predict_columns(
             [t.PULocationID for t in trips],
             [t.DOLocationID for t in trips],
             [t.trip_distance for t in trips],
+            None
+            if all(time is None for time in times)
+            else [None if time is None else wall_clock_seconds(time) for time in times],
         )
 
     def predict_columns(
@@ -168,18 +219,44 @@ class TripModel:
         pu: Sequence[int | str],
         do: Sequence[int | str],
         distance: Sequence[float],
+        pickup: Sequence[float | None] | None = None,
     ) -> list[float]:
-        """Predict minutes for trips given as columns (zone ids as int or str), in one call."""
+        """Predict minutes for trips given as columns (zone ids as int or str), in one call.
+
+        `pickup`: each trip's pickup time as New York wall-clock seconds since 1970 (None where
+        a trip has none; core.pickup), or None for no times at all.
+        """
         if not pu:
             return []
-        # The pipelines only read their fitted state, so concurrent calls from several inference
+        # The models only read their fitted state, so concurrent calls from several inference
         # threads are safe without a lock.
         if self._scorer is not None:
             return self._scorer.predict(pu, do, distance)
-        columns = np.empty((len(pu), 3), dtype=object)
-        columns[:, 0], columns[:, 1], columns[:, 2] = pu, do, distance
-        predicted: list[float] = self._pipeline.predict(columns).tolist()
+        features, evaluator = self._features, self._evaluator
+        assert features is not None
+        assert evaluator is not None
+        trips = _trip_matrix(pu, do, distance, pickup)
+        predicted: list[float] = evaluator.predict(features.transform(trips)).tolist()
         return predicted
+
+
+def _trip_matrix(
+    pu: Sequence[int | str],
+    do: Sequence[int | str],
+    distance: Sequence[float],
+    pickup: Sequence[float | None] | None,
+) -> NDArray[np.float64] | NDArray[np.object_]:
+    """Lay trips out as the rows TripFeatures reads: numbers when they are, objects otherwise."""
+    times: Sequence[float | None] = [None] * len(pu) if pickup is None else pickup
+    try:
+        trips = np.empty((len(pu), 4), dtype=np.float64)
+        trips[:, 0], trips[:, 1], trips[:, 2] = pu, do, distance
+        trips[:, 3] = np.asarray(times, dtype=np.float64)
+        return trips
+    except (TypeError, ValueError):  # text that is no number: the features' cleaning decides
+        rows = np.empty((len(pu), 4), dtype=object)
+        rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = pu, do, distance, times
+        return rows
 
 
 def library_versions() -> dict[str, str]:
@@ -193,25 +270,32 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+_GBM_COMMON: dict[str, Any] = {
+    "min_samples_leaf": 50,
+    "l2_regularization": 1.0,
+    "max_features": 0.8,
+    "early_stopping": False,
+    "random_state": 0,
+}
+
+
 def build_pipeline(kind: str, boroughs: tuple[int, ...] = ()) -> Pipeline:
     """Return an unfitted pipeline of the given kind (`boroughs`: see core.features)."""
     if kind == "baseline":
         # The MLOps Zoomcamp baseline, unchanged, so its validation RMSE (7.7587) stays comparable.
         return Pipeline([("vectorizer", DictVectorizer()), ("regressor", LinearRegression())])
     if kind == "gbm":
-        # Chosen by 3-fold cross-validation within the training months (2021-01 and 2023-01),
-        # never on a validation month; README "The model" has the figures.
-        regressor = HistGradientBoostingRegressor(
-            learning_rate=0.05,
-            max_iter=600,
-            max_leaf_nodes=31,
-            min_samples_leaf=50,
-            l2_regularization=1.0,
-            max_features=0.8,
-            early_stopping=False,
-            random_state=0,
+        # Shapes chosen by cross-validation within the training months (2021-01 and 2023-01),
+        # never on a validation month: bench/model_experiments.py, README "The model".
+        untimed = HistGradientBoostingRegressor(
+            learning_rate=0.05, max_iter=300, max_leaf_nodes=63, **_GBM_COMMON
         )
-        return Pipeline([("features", TripFeatures(boroughs=boroughs)), ("regressor", regressor)])
+        timed = HistGradientBoostingRegressor(
+            learning_rate=0.1, max_iter=150, max_leaf_nodes=127, **_GBM_COMMON
+        )
+        features = TripFeatures(boroughs=boroughs, pickup_time=True)
+        regressor = PickupAwareRegressor(untimed=untimed, timed=timed)
+        return Pipeline([("features", features), ("regressor", regressor)])
     raise ModelError(f"unknown model kind {kind!r}; known kinds: {', '.join(PIPELINE_STEPS)}")
 
 
@@ -255,7 +339,7 @@ def save_model(
         train_rows=sum(f.rows for f in train_files),
         valid_rows=sum(f.rows for f in valid_files),
         metrics=metrics,
-        features=list(FEATURES),
+        features=list(FEATURE_SETS[1] if kind == "gbm" else FEATURES),
         libraries=library_versions(),
         artifact=ARTIFACT_FILE,
         artifact_sha256=_sha256(data),
@@ -325,20 +409,22 @@ def _check_pipeline(loaded: object, kind: str, name: str) -> Pipeline:
 
 def _smoke_test(model: TripModel, name: str) -> None:
     """Predict the example trip and refuse a model whose answer is not a finite number."""
-    try:
-        [minutes] = model.predict_columns(*_SMOKE_TRIP)
-    except (AttributeError, ValueError, TypeError) as exc:
-        raise InvalidArtifact(f"{name} failed its smoke prediction: {exc}") from exc
-    if not math.isfinite(minutes):
-        raise InvalidArtifact(f"{name} predicts {minutes} minutes for the example trip")
+    for trip in _SMOKE_TRIPS:
+        try:
+            [minutes] = model.predict_columns(*trip)
+        except (AttributeError, ValueError, TypeError, IndexError) as exc:
+            raise InvalidArtifact(f"{name} failed its smoke prediction: {exc}") from exc
+        if not math.isfinite(minutes):
+            raise InvalidArtifact(f"{name} predicts {minutes} minutes for the example trip")
 
 
 def load_model(model_dir: Path) -> TripModel:
     """Load and verify the model in `model_dir`; refuse anything its card does not vouch for."""
     card = read_card(model_dir)
-    if card.features != list(FEATURES):
+    if tuple(card.features) not in FEATURE_SETS:
         raise InvalidArtifact(
-            f"{CARD_FILE} in {model_dir} lists features {card.features}, expected {list(FEATURES)}"
+            f"{CARD_FILE} in {model_dir} lists features {card.features}, expected "
+            + " or ".join(str(list(f)) for f in FEATURE_SETS)
         )
     data = _read_artifact(model_dir, card)
     where = f"{card.artifact} in {model_dir}"

@@ -66,10 +66,10 @@ def sync_client(settings: Settings, url: str, **extra: Any) -> redis.Redis:
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     where = SentinelUrl.parse(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         where.sentinels, sentinel_kwargs=_sentinel_kwargs(options), **options
     )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         settings.redis_sentinel_master, db=where.db, password=where.password
     )
     return master
@@ -81,7 +81,7 @@ def async_client(settings: Settings, url: str, **extra: Any) -> AsyncRedis:
     if not is_sentinel(url):
         return AsyncRedis.from_url(url, **options)
     where = SentinelUrl.parse(url)
-    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+    sentinel = AsyncSentinel(  # type: ignore[no-untyped-call,unused-ignore]
         where.sentinels, sentinel_kwargs=_sentinel_kwargs(options), **options
     )
     master: AsyncRedis = sentinel.master_for(

@@ -1,9 +1,11 @@
 """The data flow's shapes: `TripRequest` (in) -> `TripPrediction` (task result) -> `TripReply`."""
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -15,6 +17,7 @@ from pydantic import (
 )
 
 from core.errors import ReplyCode
+from core.pickup import FIRST_YEAR, LAST_YEAR, check_year, new_york_time
 
 ZONE_MIN, ZONE_MAX = 1, 265  # TLC taxi zone ids, as in taxi_zone_lookup.csv
 MAX_TRIP_MILES = 200.0  # far beyond any metered NYC trip; larger values are data errors
@@ -63,6 +66,22 @@ Zone = Annotated[int, BeforeValidator(_not_a_boolean)]
 Miles = Annotated[float, BeforeValidator(_not_a_boolean)]
 
 
+def _iso_text(value: object) -> object:
+    # pydantic would read a number as seconds since 1970 in UTC; the contract is ISO 8601 text.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date and time, e.g. 2021-02-05T08:30:00")
+    return value
+
+
+PickupTime = Annotated[
+    datetime,
+    BeforeValidator(_iso_text),
+    AfterValidator(new_york_time),
+    AfterValidator(check_year),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2021-02-05T08:30:00"]}),
+]
+
+
 class TripRequest(BaseModel):
     """One trip to predict, in the contract of the older service."""
 
@@ -80,6 +99,13 @@ class TripRequest(BaseModel):
         le=MAX_TRIP_MILES,
         allow_inf_nan=False,
         description="Trip distance in miles, as the taxi meter reports it.",
+    )
+    pickup_datetime: PickupTime | None = Field(
+        default=None,
+        description="When the trip starts, ISO 8601 (optional). With an offset it is converted to "
+        "New York time; without one it is New York local time, as in TLC records. Years "
+        f"{FIRST_YEAR}-{LAST_YEAR}. It sharpens the estimate; without it the model answers "
+        "from the three other fields.",
     )
 
 
@@ -99,10 +125,17 @@ class TripColumns(BaseModel):
     PULocationID: list[Annotated[int, Field(ge=ZONE_MIN, le=ZONE_MAX)]]
     DOLocationID: list[Annotated[int, Field(ge=ZONE_MIN, le=ZONE_MAX)]]
     trip_distance: list[Annotated[float, Field(ge=0.0, le=MAX_TRIP_MILES, allow_inf_nan=False)]]
+    # Each trip's pickup time as New York wall-clock seconds (core.pickup), None where it has
+    # none; the whole column is absent when no trip has one.
+    pickup_wall_clock_s: list[Annotated[float, Field(allow_inf_nan=False)] | None] | None = None
 
     @model_validator(mode="after")
     def _same_lengths(self) -> "TripColumns":
         if not len(self.PULocationID) == len(self.DOLocationID) == len(self.trip_distance):
+            raise ValueError("columns must have the same length")
+        if self.pickup_wall_clock_s is not None and len(self.pickup_wall_clock_s) != len(
+            self.trip_distance
+        ):
             raise ValueError("columns must have the same length")
         return self
 
@@ -258,6 +291,11 @@ class WorkerInfo(BaseModel):
     model_versions: list[str] = Field(
         default_factory=list, description="Every version it holds (current, canary, previous)."
     )
+    evaluators: dict[str, str] = Field(
+        default_factory=dict,
+        description="What computes each version's answers: `compiled` trees, `scikit-learn` "
+        "trees (a worker that could not compile them), or `linear` (a baseline).",
+    )
     concurrency: int
     seen_s_ago: float
 
@@ -274,7 +312,9 @@ class ReadyReply(BaseModel):
                     "workers": [
                         {
                             "name": "trip1@worker-7f9c",
-                            "model_version": "baseline-2021-01",
+                            "model_version": "gbm-2021-01-t",
+                            "model_versions": ["gbm-2021-01-t"],
+                            "evaluators": {"gbm-2021-01-t": "compiled"},
                             "concurrency": 32,
                             "seen_s_ago": 0.8,
                         }

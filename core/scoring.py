@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -37,12 +38,15 @@ from loguru import logger
 from config import Settings
 from core.errors import BackendUnavailable, DeadlineExceeded, InvalidTrip, TripqError
 from core.jobs import JobClient
+from core.pickup import FIRST_YEAR, LAST_YEAR, NEW_YORK
 from core.schemas import MAX_TRIP_MILES, ZONE_MAX, ZONE_MIN
 
 # The model's inputs (core.model.FEATURES), named here so the CLI need not import scikit-learn.
 ZONE_COLUMNS = ("PULocationID", "DOLocationID")
 DISTANCE_COLUMN = "trip_distance"
 REQUIRED_COLUMNS = (*ZONE_COLUMNS, DISTANCE_COLUMN)
+# Read when present: the pickup time sharpens a gbm's answer (core.pickup).
+PICKUP_TIME_COLUMNS = ("lpep_pickup_datetime", "tpep_pickup_datetime", "pickup_datetime")
 PREDICTION_COLUMN = "predicted_duration"
 MODEL_VERSIONS_KEY = b"tripq.model_versions"  # OUTPUT's parquet schema metadata: a JSON list
 
@@ -58,6 +62,7 @@ _MANIFEST_FORMAT = 1
 _PART_VERSION_KEY = b"tripq.model_version"
 _RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 _HASH_BLOCK = 1 << 20
+_EPOCH = pd.Timestamp("1970-01-01")  # the origin of wall-clock seconds (core.pickup)
 # A number as text (TLC CSV months hold zone ids as text); anything else counts as missing.
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
@@ -100,6 +105,7 @@ class ScoringPlan:
     pickup: Ints
     dropoff: Ints
     distance: Floats
+    pickup_time_s: Floats | None  # New York wall-clock seconds, NaN where absent; None: no column
     valid: Mask
     rejections: Rejections
     chunk_rows: int
@@ -235,7 +241,31 @@ def as_floats(column: pa.ChunkedArray, name: str) -> Floats:
     return np.asarray(floats.to_numpy(), dtype=np.float64)
 
 
-def check_rows(pickup: Floats, dropoff: Floats, distance: Floats) -> tuple[Mask, Rejections]:
+def pickup_times(table: pa.Table) -> tuple[str, Floats] | None:
+    """Return the file's pickup time column: its name, and its values as New York wall-clock
+    seconds (NaN where null; inf where not a time, or outside 2009-2100). None: no such column."""
+    name = next((n for n in PICKUP_TIME_COLUMNS if n in table.column_names), None)
+    if name is None:
+        return None
+    column = table[name].to_pandas()
+    present = column.notna().to_numpy()
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        column = pd.to_datetime(column, errors="coerce", format="ISO8601", utc=False)
+    if getattr(column.dt, "tz", None) is not None:  # an offset: New York's wall clock
+        column = column.dt.tz_convert(NEW_YORK).dt.tz_localize(None)
+    seconds = (column - _EPOCH).dt.total_seconds().to_numpy(dtype=np.float64)
+    years = column.dt.year.to_numpy(dtype=np.float64, na_value=np.nan)
+    usable = (years >= FIRST_YEAR) & (years <= LAST_YEAR)
+    out: Floats = np.where(present & ~usable, np.inf, np.where(present, seconds, np.nan))
+    return name, out
+
+
+def check_rows(
+    pickup: Floats,
+    dropoff: Floats,
+    distance: Floats,
+    pickup_time: tuple[str, Floats] | None = None,
+) -> tuple[Mask, Rejections]:
     """Check every row against the contract of `TripRequest`; the valid rows and the others."""
     problems: list[tuple[Mask, str]] = []
     with np.errstate(invalid="ignore"):
@@ -256,6 +286,11 @@ def check_rows(pickup: Floats, dropoff: Floats, distance: Floats) -> tuple[Mask,
             (infinite, f"{DISTANCE_COLUMN} is not finite"),
             (outside, f"{DISTANCE_COLUMN} is outside 0..{MAX_TRIP_MILES:g} miles"),
         ]
+        if pickup_time is not None:
+            name, seconds = pickup_time
+            problems.append(
+                (np.isinf(seconds), f"{name} is not a date and time in {FIRST_YEAR}-{LAST_YEAR}")
+            )
     # One bit per problem: the reasons are joined once per combination, not once per row.
     codes = np.zeros(len(distance), dtype=np.int64)
     for bit, (mask, _) in enumerate(problems):
@@ -305,7 +340,9 @@ def plan_scoring(
         raise InvalidTrip(f"chunk_rows must be at least 1, not {chunk_rows}")
     table = read_trips(input_path)
     columns = [as_floats(table[name], name) for name in REQUIRED_COLUMNS]
-    valid, rejections = check_rows(*columns)
+    pu, do, miles = columns
+    times = pickup_times(table)
+    valid, rejections = check_rows(pu, do, miles, times)
     pickup, dropoff = (np.where(valid, c, 0).astype(np.int64) for c in columns[:2])
     distance = np.where(valid, columns[2], 0.0)
     stamp = fingerprint(input_path, table.num_rows)
@@ -343,6 +380,7 @@ def plan_scoring(
         pickup=pickup,
         dropoff=dropoff,
         distance=distance,
+        pickup_time_s=None if times is None else times[1],
         valid=valid,
         rejections=rejections,
         chunk_rows=chunk_rows,
@@ -436,11 +474,14 @@ def _chunk_columns(plan: ScoringPlan, index: int) -> dict[str, Any]:
     start, end = plan.bounds(index)
     keep = plan.valid[start:end]
     # Fancy indexing copies: every array is C-contiguous, as orjson's numpy support requires.
-    return {
+    columns = {
         "PULocationID": plan.pickup[start:end][keep],
         "DOLocationID": plan.dropoff[start:end][keep],
         DISTANCE_COLUMN: plan.distance[start:end][keep],
     }
+    if plan.pickup_time_s is not None:  # NaN travels as null: no time for that trip
+        columns["pickup_wall_clock_s"] = plan.pickup_time_s[start:end][keep]
+    return columns
 
 
 @dataclass(slots=True)

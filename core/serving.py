@@ -15,11 +15,12 @@ from typing import Protocol, TypeVar
 
 from loguru import logger
 
-from core.errors import TripqError
+from core.errors import ModelError, TripqError
 from core.model import TripModel, load_model
 from core.registry import resolve_model_dir
 from core.rollout import Routing
 from core.schemas import TripColumns, TripRequest
+from core.trees import TreeBuild, compile_in_child
 
 _RETRY_LOAD_S = 30.0  # a version that failed to load is tried again after this long
 
@@ -49,11 +50,16 @@ class ModelShelf:
     """
 
     def __init__(
-        self, artifact_dir: Path, default_version: str | None, offload: Offload = run_here
+        self,
+        artifact_dir: Path,
+        default_version: str | None,
+        offload: Offload = run_here,
+        trees: TreeBuild | None = None,
     ) -> None:
         self._artifact_dir = artifact_dir
         self._default_version = default_version  # None: the version named in CURRENT
         self._offload = offload
+        self._trees = trees  # None: gbm trees run on scikit-learn's evaluator
         self._models: dict[str, TripModel] = {}
         self._current: str | None = None
         self._failed: dict[str, float] = {}  # version -> when it last failed to load
@@ -85,10 +91,36 @@ class ModelShelf:
             if model is None:
                 path = resolve_model_dir(self._artifact_dir, name)
                 model = self._offload(load_model, path)
+                self._compile(model, path)
                 self._models = {**self._models, name: model}
             if self._current is None and version is None:
                 self._current = name
         return model
+
+    @property
+    def evaluators(self) -> dict[str, str]:
+        """Name, per version held, what computes its answers (core.model.TripModel.evaluator)."""
+        return {version: model.evaluator for version, model in sorted(self._models.items())}
+
+    def _compile(self, model: TripModel, path: Path) -> None:
+        """Move a gbm onto compiled trees; one that cannot be compiled stays on scikit-learn's.
+
+        The build runs as a child process started from this thread (under gevent: the hub, the
+        only thread that may start one); loading and checking the library go through `offload`.
+        """
+        if model.regressor is None or self._trees is None or not self._trees.compiler:
+            return
+        try:
+            libraries = compile_in_child(path, self._trees.cache_dir, self._trees.compiler)
+            self._offload(model.use_compiled, libraries)
+        except ModelError as exc:
+            logger.warning(
+                "serving with scikit-learn's tree evaluator",
+                model_version=model.version,
+                reason=exc.message,
+            )
+            return
+        logger.info("serving compiled trees", model_version=model.version)
 
     def follow(self, routing: Routing) -> None:
         """Load the versions `routing` names, make its current version current, drop the rest.
@@ -126,6 +158,10 @@ class ModelShelf:
         """Predict durations for trips given as columns with model `version` (None: current)."""
         model = self.get(version)
         durations = self._offload(
-            model.predict_columns, trips.PULocationID, trips.DOLocationID, trips.trip_distance
+            model.predict_columns,
+            trips.PULocationID,
+            trips.DOLocationID,
+            trips.trip_distance,
+            trips.pickup_wall_clock_s,
         )
         return durations, model.version

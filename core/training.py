@@ -28,7 +28,9 @@ from numpy.typing import NDArray
 from core.errors import ModelError, TripqError
 from core.features import zone_boroughs
 from core.model import (
+    PICKUP_FEATURE,
     Features,
+    TripModel,
     build_pipeline,
     load_model,
     save_model,
@@ -45,6 +47,8 @@ from core.registry import (
 from core.report import write_report
 
 MIN_MINUTES, MAX_MINUTES = 1.0, 60.0  # the course's duration window, kept for comparable RMSE
+PICKUP_COLUMN = "pickup_wall_clock_s"  # New York wall-clock seconds, as core.pickup counts them
+_EPOCH = pd.Timestamp("1970-01-01")
 
 # Pickup and drop-off columns by taxi type: green (LPEP) and yellow (TPEP) records.
 _TIMESTAMPS = {
@@ -90,6 +94,7 @@ class Evaluation(TypedDict):
     mae: float
     r2: float
     files: list[FileEvaluation]
+    pickup: "Evaluation | None"  # the same with the files' pickup times, for a model reading them
 
 
 def _ignore(_: str) -> None:
@@ -150,8 +155,16 @@ def _clean(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
     except (ValueError, TypeError) as exc:
         raise DataError(f"{path.name} has malformed trip columns: {exc}") from exc
     duration = (dropoff - pickup).dt.total_seconds() / 60
+    # TLC timestamps are New York wall-clock times without a zone: seconds on that clock.
+    wall_clock_s = (pickup - _EPOCH).dt.total_seconds()
     trips = pd.DataFrame(
-        {"PULocationID": pu, "DOLocationID": do, "trip_distance": distance, "duration": duration}
+        {
+            "PULocationID": pu,
+            "DOLocationID": do,
+            "trip_distance": distance,
+            PICKUP_COLUMN: wall_clock_s,
+            "duration": duration,
+        }
     )
     trips = trips[(trips["duration"] >= MIN_MINUTES) & (trips["duration"] <= MAX_MINUTES)]
     if trips.empty:
@@ -190,10 +203,11 @@ def read_zones(path: Path) -> pd.DataFrame:
 
 
 def model_input(kind: str, trips: pd.DataFrame) -> list[Features] | NDArray[np.object_]:
-    """Return what the pipeline of `kind` reads: feature dicts (baseline) or the raw columns."""
+    """Return what the pipeline of `kind` reads: feature dicts (baseline) or the raw columns,
+    pickup times last."""
     if kind == "baseline":
         return features_of(trips)
-    columns: NDArray[np.object_] = trips[list(_TRIP_COLUMNS)].to_numpy(dtype=object)
+    columns: NDArray[np.object_] = trips[[*_TRIP_COLUMNS, PICKUP_COLUMN]].to_numpy(dtype=object)
     return columns
 
 
@@ -261,13 +275,22 @@ def train_model(
     pipeline.fit(model_input(kind, train), train["duration"].to_numpy())
 
     report(f"evaluating on {len(valid):,} trips")
-    predicted = np.asarray(pipeline.predict(model_input(kind, valid)), dtype=np.float64)
+    # The card's rmse, mae and r2 are of the three fields, comparable across every model; a
+    # model that reads pickup times adds its scores with them (pickup_rmse, ...).
+    untimed = valid.assign(**{PICKUP_COLUMN: np.nan})
+    predicted = np.asarray(pipeline.predict(model_input(kind, untimed)), dtype=np.float64)
     scores = regression_metrics(valid["duration"].to_numpy(), predicted)
     fit = regression_metrics(
         train["duration"].to_numpy(), pipeline.predict(model_input(kind, train))
     )
     metrics = {"rmse": scores["rmse"], "mae": scores["mae"], "r2": scores["r2"]}
     metrics["train_rmse"] = fit["rmse"]
+    if kind == "gbm":
+        timed = pipeline.predict(model_input(kind, valid))
+        with_time = regression_metrics(valid["duration"].to_numpy(), timed)
+        metrics.update(
+            pickup_rmse=with_time["rmse"], pickup_mae=with_time["mae"], pickup_r2=with_time["r2"]
+        )
 
     report(f"writing {output_dir}")
     card = save_model(
@@ -293,27 +316,41 @@ def evaluate_model(
         raise DataError("no files to evaluate on")
     report(f"loading model {model_dir.name}")
     model = load_model(model_dir)
-    actual, predicted, per_file = [], [], []
+    reads_pickup = PICKUP_FEATURE in model.card.features
+    frames = []
     for path in files:
         report(f"evaluating on {path.name}")
-        trips = read_trips(path)
+        frames.append((path.name, read_trips(path)))
+    result = _scores(model, frames, with_pickup=False)
+    if reads_pickup:
+        result["pickup"] = _scores(model, frames, with_pickup=True)
+    return result
+
+
+def _scores(
+    model: TripModel, frames: list[tuple[str, pd.DataFrame]], *, with_pickup: bool
+) -> Evaluation:
+    """Score `model` on each frame and on all of them, with or without the pickup times."""
+    actual, predicted, per_file = [], [], []
+    for name, trips in frames:
         truth = trips["duration"].to_numpy()
-        columns = (trips[c].tolist() for c in _TRIP_COLUMNS)
-        guess = np.asarray(model.predict_columns(*columns))
+        pu, do, miles = (trips[c].tolist() for c in _TRIP_COLUMNS)
+        times = trips[PICKUP_COLUMN].tolist() if with_pickup else None
+        guess = np.asarray(model.predict_columns(pu, do, miles, times), dtype=np.float64)
         per_file.append(
-            FileEvaluation(name=path.name, rows=len(trips), **regression_metrics(truth, guess))
+            FileEvaluation(name=name, rows=len(trips), **regression_metrics(truth, guess))
         )
         actual.append(truth)
         predicted.append(guess)
     overall = regression_metrics(np.concatenate(actual), np.concatenate(predicted))
-    rows = sum(f["rows"] for f in per_file)
     return Evaluation(
         model=model.version,
-        rows=rows,
+        rows=sum(f["rows"] for f in per_file),
         rmse=overall["rmse"],
         mae=overall["mae"],
         r2=overall["r2"],
         files=per_file,
+        pickup=None,
     )
 
 
@@ -379,31 +416,6 @@ def fetch_month(spec: str, dest_dir: Path, base_url: str, *, timeout_s: float = 
     except OSError as exc:
         raise DataError(f"cannot create {dest_dir}: {exc.strerror}") from exc
     _download(f"{base_url.rstrip('/')}/{name}", dest, timeout_s)
-    return dest
-
-
-ZONES_FILE = "taxi_zone_lookup.csv"
-
-
-def _check_csv(path: Path, url: str) -> None:
-    """Refuse a download that is not the zone lookup, e.g. an HTML error page."""
-    with path.open("rb") as stream:
-        head = stream.read(64)
-    if not head.startswith(b"LocationID,") and not head.startswith(b'"LocationID",'):
-        raise DataError(f"{url} did not return the TLC zone lookup")
-
-
-def resolve_zones(source: str | None, *, data_dir: Path, url: str) -> Path:
-    """Return the zone lookup's path: `source`, or DATA_DIR's copy, downloaded once if absent."""
-    if source is not None:
-        return Path(source).expanduser().resolve()
-    dest = data_dir / ZONES_FILE
-    if not dest.is_file():
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DataError(f"cannot create {data_dir}: {exc.strerror}") from exc
-        _download(url, dest, 60.0, check=_check_csv)
     return dest
 
 

@@ -3,7 +3,7 @@
 tripq_worker_tasks_total{task,outcome}    success, failure, expired, revoked
 tripq_worker_inference_seconds            time in the model, per task
 tripq_worker_batch_size                   trips per task
-tripq_worker_model_info{version}          1 for each version this worker holds
+tripq_worker_model_info{version,evaluator}  1 for each version held, with what runs it
 """
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -22,5 +22,7 @@ WORKER_BATCH_SIZE = Histogram(
     "tripq_worker_batch_size", "Trips per task a worker predicted.", buckets=BATCH_BUCKETS
 )
 WORKER_MODEL_INFO = Gauge(
-    "tripq_worker_model_info", "1 for each model version this worker holds.", ["version"]
+    "tripq_worker_model_info",
+    "1 for each model version this worker holds, with what computes its answers.",
+    ["version", "evaluator"],
 )

@@ -33,11 +33,17 @@ from core.logs import configure_logging
 from core.redis_clients import sync_client
 from core.rollout import ROUTING_KEY, Routing, version_queue
 from core.serving import ModelShelf
+from core.trees import TreeBuild
 from tasks import metrics as worker_metrics
 from tasks.offload import run_off_hub, set_offload_threads, show_warnings_on_hub
 
 settings = get_settings()
-model_shelf = ModelShelf(settings.artifact_dir, settings.serving_version, offload=run_off_hub)
+model_shelf = ModelShelf(
+    settings.artifact_dir,
+    settings.serving_version,
+    offload=run_off_hub,
+    trees=TreeBuild(settings.tree_compiler, settings.tree_cache_dir),
+)
 
 # Set when the worker shuts down: its background threads end.
 stopping = threading.Event()
@@ -178,11 +184,11 @@ def _beat(name: str, concurrency: int) -> None:
     """Write this worker's heartbeat every interval, surviving Redis outages."""
     client = broker_client()
     while not stopping.is_set():
-        versions = model_shelf.versions
-        info = fleet.encode_worker_info(model_shelf.loaded_version, versions, concurrency)
+        evaluators = model_shelf.evaluators
+        info = fleet.encode_worker_info(model_shelf.loaded_version, evaluators, concurrency)
         worker_metrics.WORKER_MODEL_INFO.clear()
-        for version in versions:
-            worker_metrics.WORKER_MODEL_INFO.labels(version).set(1)
+        for version, evaluator in evaluators.items():
+            worker_metrics.WORKER_MODEL_INFO.labels(version, evaluator).set(1)
         try:
             with client.pipeline(transaction=False) as pipe:
                 pipe.zadd(fleet.WORKERS_KEY, {name: time.time()})

@@ -6,6 +6,7 @@ never see each other's queues or heartbeats. Workers and the API are the real `t
 (see tests/support.py).
 """
 
+import contextlib
 import itertools
 import os
 import threading
@@ -15,10 +16,31 @@ from pathlib import Path
 import pytest
 import redis
 
+from config import get_settings
+from core.errors import ModelError
 from core.redis_server import EmbeddedRedis
+from core.registry import resolve_model_dir
+from core.trees import compile_in_child
 from tests.support import Receiver, free_port, running_platform, tripq_env
 
 _databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_default_trees() -> None:
+    """Build the default model's trees once, before any worker looks for them.
+
+    A worker builds them on its first load otherwise (about 40 s on two cores), which is what
+    a fresh clone's first worker would do inside some test's start-up bound. Cached by the
+    artifact's sha256, so later runs find them; where no compiler works, workers fall back.
+    """
+    settings = get_settings()
+    with contextlib.suppress(ModelError):
+        compile_in_child(
+            resolve_model_dir(settings.artifact_dir, None),
+            settings.tree_cache_dir,
+            settings.tree_compiler,
+        )
 
 
 @pytest.fixture(scope="session")

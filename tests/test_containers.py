@@ -140,7 +140,7 @@ METRICS: dict[str, Metric] = {
     "tripq_worker_tasks_total": Metric("counter", _labels("task", "outcome")),
     "tripq_worker_inference_seconds": Metric("histogram"),
     "tripq_worker_batch_size": Metric("histogram"),
-    "tripq_worker_model_info": Metric("gauge", _labels("version")),
+    "tripq_worker_model_info": Metric("gauge", _labels("version", "evaluator")),
     "up": Metric("gauge"),
 }
 # Labels Prometheus puts on every series it scrapes.

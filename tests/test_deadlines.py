@@ -54,7 +54,7 @@ def test_predict_times_out_with_reply_code_when_no_worker_and_the_task_never_run
 
     # A worker that starts afterwards takes the task off the queue and discards it as expired:
     # the only record it publishes for the task says REVOKED, never SUCCESS.
-    results = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    results = redis_client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
     results.psubscribe("celery-task-meta-*")
     worker = start_worker(tripq_env(redis_url, log_dir), log_dir)
     try:

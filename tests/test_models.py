@@ -31,7 +31,7 @@ from tests.support import (
     wait_until,
 )
 
-BASELINE, GBM = "baseline-2021-01", "gbm-2021-01"
+BASELINE, GBM = "baseline-2021-01", "gbm-2021-01-v2"
 FOLLOW_S = 20.0  # a command waits for the fleet; a reply may still come from the old version
 
 

@@ -162,7 +162,7 @@ def test_check_rows_names_the_field_of_every_problem() -> None:
         as_floats(pa.chunked_array([pa.array([0.0, 200.0, math.inf, 1.0, 2.0, None])]), "d"),
     ]
 
-    valid, rejections = check_rows(*columns)
+    valid, rejections = check_rows(columns[0], columns[1], columns[2])
 
     assert valid.tolist() == [True, True, False, False, False, False]
     assert rejections.rows.tolist() == [2, 3, 4, 5]

@@ -186,7 +186,7 @@ def test_a_worker_told_to_stop_while_redis_is_down_exits_at_once(
 ) -> None:
     env = short_deadline_env(own_redis.url, log_dir)
     (worker,) = start_workers(env, log_dir, [1])
-    events = redis.Redis.from_url(own_redis.url).pubsub()  # type: ignore[no-untyped-call]
+    events = redis.Redis.from_url(own_redis.url).pubsub()  # type: ignore[no-untyped-call,unused-ignore]
     try:
         # Redis goes away just after one of Celery's own heartbeat events, as in the field.
         events.psubscribe("*celeryev/worker.heartbeat")

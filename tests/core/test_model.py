@@ -29,6 +29,7 @@ from core.registry import (
 )
 from core.schemas import EXAMPLE_TRIP, TripRequest
 from core.training import read_trips, train_model
+from core.trees import PickupAwareRegressor
 from tests.core.conftest import REPO_ROOT
 
 DEFAULT_MODELS = REPO_ROOT / "repo" / "models"
@@ -77,13 +78,13 @@ def test_predict_trips_predicts_a_batch_in_one_call(
 ) -> None:
     model = load_model(model_dir)
     batches: list[int] = []
-    predict = Pipeline.predict
+    predict = PickupAwareRegressor.predict
 
-    def counting_predict(self: Pipeline, rows: list[Any], **params: Any) -> Any:
+    def counting_predict(self: PickupAwareRegressor, rows: Any) -> Any:
         batches.append(len(rows))
-        return predict(self, rows, **params)
+        return predict(self, rows)
 
-    monkeypatch.setattr(Pipeline, "predict", counting_predict)
+    monkeypatch.setattr(PickupAwareRegressor, "predict", counting_predict)
     trips = [_trip(43, 151, 1.0 + i / 10) for i in range(50)]
 
     minutes = model.predict_trips(trips)
@@ -273,8 +274,19 @@ def test_committed_default_model_predicts_a_sane_duration_for_the_example_trip()
 
     [minutes] = model.predict_trips([TripRequest(**EXAMPLE_TRIP)])
 
-    assert model.version == "baseline-2021-01"
+    assert model.version == "gbm-2021-01-v2"
     assert 5.0 < minutes < 60.0
+
+
+def test_committed_default_model_is_the_accurate_gbm_with_and_without_pickup_time() -> None:
+    card = read_card(resolve_model_dir(DEFAULT_MODELS, None))
+
+    assert card.kind == "gbm"
+    assert card.features[-1] == "pickup_datetime"
+    assert [f.name for f in card.train_files] == ["green_tripdata_2021-01.parquet"]
+    assert [f.name for f in card.valid_files] == ["green_tripdata_2021-02.parquet"]
+    assert card.metrics["rmse"] <= 5.87  # three fields (issue #13's target)
+    assert card.metrics["pickup_rmse"] <= 5.35  # with the pickup time
 
 
 def test_committed_default_model_card_records_its_data_and_a_small_artifact() -> None:

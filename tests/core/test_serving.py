@@ -13,7 +13,7 @@ from core.schemas import TripColumns
 from core.serving import ModelShelf
 from tests.core.conftest import REPO_ROOT
 
-BASELINE, GBM = "baseline-2021-01", "gbm-2021-01"
+BASELINE, GBM = "baseline-2021-01", "gbm-2021-01-v2"
 T = TypeVar("T")
 
 

@@ -41,7 +41,13 @@ def test_read_trips_takes_the_2021_schema_with_string_ids_and_a_duration(
 
     trips = read_trips(path)
 
-    assert list(trips.columns) == ["PULocationID", "DOLocationID", "trip_distance", "duration"]
+    assert list(trips.columns) == [
+        "PULocationID",
+        "DOLocationID",
+        "trip_distance",
+        "pickup_wall_clock_s",
+        "duration",
+    ]
     assert len(trips) == 400 - OUT_OF_WINDOW
     assert trips["duration"].between(1, 60).all()
     assert set(trips["PULocationID"]) <= {"7", "43", "74", "75", "130", "151", "166", "250"}
