@@ -190,3 +190,34 @@ def _refuse(console: Console, what: str, exc: Exception) -> None:
     reason = exc.message if isinstance(exc, TripqError) else f"Redis does not answer: {exc}"
     console.print(f"[red]error:[/] {escape(what)}: {escape(reason)}; nothing changed")
     raise typer.Exit(1)
+
+
+@models_app.command("compile")
+def compile_trees(
+    versions: Annotated[
+        list[str] | None,
+        typer.Argument(help="Versions to compile; by default every gbm in ARTIFACT_DIR."),
+    ] = None,
+) -> None:
+    """Build the compiled trees of gbm versions into TREE_CACHE_DIR, as a worker would."""
+    from core.trees import compile_in_child
+
+    settings = get_settings()
+    out, err = Console(), Console(stderr=True)
+    if not settings.tree_compiler:
+        err.print("TREE_COMPILER is empty: workers serve with scikit-learn's evaluator")
+        raise typer.Exit(1)
+    names = versions or sorted(
+        p.name
+        for p in settings.artifact_dir.iterdir()
+        if (p / CARD_FILE).is_file() and read_card(p).kind == "gbm"
+    )
+    try:
+        for name in names:
+            model_dir = resolve_model_dir(settings.artifact_dir, name)
+            started = time.perf_counter()
+            compile_in_child(model_dir, settings.tree_cache_dir, settings.tree_compiler)
+            out.print(f"{escape(name)}: compiled in {time.perf_counter() - started:.1f} s")
+    except TripqError as exc:
+        err.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
