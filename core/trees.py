@@ -176,8 +176,11 @@ class CompiledEvaluator:
         )
 
     def _run(self, predictor: Any, rows: Floats) -> Floats:
-        matrix = self._tl2cgen.DMatrix(np.ascontiguousarray(rows, dtype=np.float64))
-        predicted: Floats = predictor.predict(matrix).ravel()
+        try:
+            matrix = self._tl2cgen.DMatrix(np.ascontiguousarray(rows, dtype=np.float64))
+            predicted: Floats = predictor.predict(matrix).ravel()
+        except self._tl2cgen.exception.TL2cgenError as exc:  # e.g. a library of other trees
+            raise ModelError(f"the compiled trees cannot answer: {exc}") from exc
         return predicted
 
 

@@ -111,7 +111,7 @@ def test_one_trip_job_is_accepted_at_once_and_answered_with_the_models_own_durat
     assert done["result"]["replies"] == [
         {"reply_code": 0, "request_id": "j1", "duration": expected(model, TRIP)}
     ]
-    assert done["result"]["model_version"] == "baseline-2021-01"
+    assert done["result"]["model_version"] == model.version
     assert done["created_at"] <= done["started_at"] <= done["finished_at"] < done["kept_until"]
 
 

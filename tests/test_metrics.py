@@ -9,6 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import PROJECT_ROOT
+from core.registry import read_current
 from tests.support import (
     Service,
     free_port,
@@ -21,6 +23,7 @@ from tests.support import (
 TRIP = {"request_id": "m1", "PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
 IDLE_JOBS = "metrics.idle.jobs"  # the API's job queue: no worker reads it
 ANSWERED = 12
+DEFAULT_VERSION = read_current(PROJECT_ROOT / "repo" / "models")
 
 Page = dict[tuple[str, frozenset[tuple[str, str]]], float]  # (sample name, labels) -> value
 
@@ -108,7 +111,7 @@ def test_queues_workers_and_model_versions_are_shown(traffic: Page) -> None:
     assert value(traffic, "tripq_queue_depth", queue="tasks.trip") == 0
     assert value(traffic, "tripq_queue_oldest_age_seconds", queue="tasks.trip") == 0
     assert value(traffic, "tripq_workers_alive") == 1
-    assert value(traffic, "tripq_model_info", version="baseline-2021-01", role="current") == 1
+    assert value(traffic, "tripq_model_info", version=DEFAULT_VERSION, role="current") == 1
 
 
 def test_a_worker_serves_its_own_metrics(platform: Platform, traffic: Page) -> None:
@@ -117,7 +120,8 @@ def test_a_worker_serves_its_own_metrics(platform: Platform, traffic: Page) -> N
     task = "tasks.trip.tasks.predict_batch"
     assert value(page, "tripq_worker_tasks_total", task=task, outcome="success") >= 1
     assert value(page, "tripq_worker_batch_size_sum") >= ANSWERED
-    assert value(page, "tripq_worker_model_info", version="baseline-2021-01") == 1
+    info = {"version": DEFAULT_VERSION, "evaluator": "compiled"}
+    assert value(page, "tripq_worker_model_info", **info) == 1
     assert not any(name.startswith("tripq_requests") for name, _ in page)
 
 

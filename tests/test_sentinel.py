@@ -10,9 +10,10 @@ import httpx
 import pytest
 import redis
 
-from config import Settings
+from config import PROJECT_ROOT, Settings
 from core.redis_clients import SentinelUrl, is_sentinel, sync_client, transport_options
 from core.redis_server import EmbeddedRedis, redis_server_binary
+from core.registry import read_current
 from tests.support import free_port, running_platform, tripq_env, wait_until
 
 MASTER = "tripq-master"
@@ -114,5 +115,5 @@ def test_predictions_flow_through_the_master_a_sentinel_names(
         ready = httpx.get(f"{base}/ready", timeout=5)
 
     assert reply.status_code == 200, reply.text
-    assert reply.json()["model_version"] == "baseline-2021-01"
+    assert reply.json()["model_version"] == read_current(PROJECT_ROOT / "repo" / "models")
     assert ready.status_code == 200
