@@ -42,6 +42,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from core.errors import ModelError
 from core.features import COLUMNS, TIME_COLUMNS
+from core.registry import read_card
 
 Floats = NDArray[np.float64]
 
@@ -258,12 +259,28 @@ def build_libraries(
     return paths
 
 
+def cached_libraries(cache_dir: Path, artifact_sha256: str, compiler: str) -> dict[str, Path]:
+    """Return the libraries of an artifact already built into a private cache, or {}."""
+    try:
+        check_cache_dir(cache_dir)
+    except ModelError:
+        return {}
+    paths = library_paths(cache_dir, artifact_sha256, compiler)
+    return paths if all(path.is_file() for path in paths.values()) else {}
+
+
 def compile_in_child(model_dir: Path, cache_dir: Path, compiler: str) -> dict[str, Path]:
     """Build the libraries of the model in `model_dir` in a child process; return their paths.
 
     A child, because a compiler crash or a hang must not take a worker with it, and because
     under gevent only the hub may start processes (and then waits for them cooperatively).
+    Libraries already in the cache are taken as they are: the cache is private to this user,
+    and every library must still give scikit-learn's answers before it serves (`verify`).
     """
+    sha256 = read_card(model_dir).artifact_sha256
+    found = cached_libraries(cache_dir, sha256, compiler)
+    if found:
+        return found
     command = [sys.executable, "-m", "core.trees", str(model_dir), str(cache_dir), compiler]
     try:
         done = subprocess.run(
