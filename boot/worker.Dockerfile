@@ -11,18 +11,9 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     ARTIFACT_DIR=/app/repo/models \
-    LOG_DIR=/app/repo/logs \
-    TREE_CACHE_DIR=/app/repo/cache/trees
+    LOG_DIR=/app/repo/logs
 
 WORKDIR /app
-
-# gcc builds a gbm's trees into a library (core.trees): at image build for the models shipped
-# here, and in a running worker for a version promoted later. Without it workers still serve,
-# on scikit-learn's slower evaluator. Unpinned: Debian's security updates replace pinned versions.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install --yes --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, read from pyproject.toml alone, so a code change reuses this slow layer.
 # The API image runs the same line, so a shared builder cache builds it once for both.
@@ -30,6 +21,16 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
+
+# gcc builds a gbm's trees into a library (core.trees): at image build for the models shipped
+# here, and in a running worker for a version promoted later. Without it workers still serve,
+# on scikit-learn's slower evaluator. Unpinned: Debian's security updates replace pinned versions.
+# After the dependency layer, which the API image shares.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+ENV TREE_CACHE_DIR=/app/repo/cache/trees
 
 # README.md is read by the build backend (pyproject's `readme`), so it is part of the code layer.
 COPY README.md config.py ./

@@ -73,12 +73,21 @@ def _iso_text(value: object) -> object:
     return value
 
 
+# The year is checked as written, before any offset moves the time to New York's clock, so the
+# schema's pattern says exactly what is accepted.
 PickupTime = Annotated[
     datetime,
     BeforeValidator(_iso_text),
-    AfterValidator(new_york_time),
     AfterValidator(check_year),
-    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2021-02-05T08:30:00"]}),
+    AfterValidator(new_york_time),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": r"^(2009|20[1-9][0-9]|2100)-",
+            "examples": ["2021-02-05T08:30:00"],
+        }
+    ),
 ]
 
 

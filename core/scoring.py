@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from loguru import logger
 from config import Settings
 from core.errors import BackendUnavailable, DeadlineExceeded, InvalidTrip, TripqError
 from core.jobs import JobClient
-from core.pickup import FIRST_YEAR, LAST_YEAR, NEW_YORK
+from core.pickup import FIRST_YEAR, LAST_YEAR, NEW_YORK, new_york_time
 from core.schemas import MAX_TRIP_MILES, ZONE_MAX, ZONE_MIN
 
 # The model's inputs (core.model.FEATURES), named here so the CLI need not import scikit-learn.
@@ -250,7 +251,10 @@ def pickup_times(table: pa.Table) -> tuple[str, Floats] | None:
     column = table[name].to_pandas()
     present = column.notna().to_numpy()
     if not pd.api.types.is_datetime64_any_dtype(column):
-        column = pd.to_datetime(column, errors="coerce", format="ISO8601", utc=False)
+        try:
+            column = pd.to_datetime(column, errors="coerce", format="ISO8601")
+        except ValueError:  # offsets that differ from row to row: one at a time
+            column = pd.Series([_new_york_wall_clock(value) for value in column], dtype="M8[us]")
     if getattr(column.dt, "tz", None) is not None:  # an offset: New York's wall clock
         column = column.dt.tz_convert(NEW_YORK).dt.tz_localize(None)
     seconds = (column - _EPOCH).dt.total_seconds().to_numpy(dtype=np.float64)
@@ -258,6 +262,14 @@ def pickup_times(table: pa.Table) -> tuple[str, Floats] | None:
     usable = (years >= FIRST_YEAR) & (years <= LAST_YEAR)
     out: Floats = np.where(present & ~usable, np.inf, np.where(present, seconds, np.nan))
     return name, out
+
+
+def _new_york_wall_clock(value: object) -> datetime | None:
+    """Read one ISO 8601 text as New York wall-clock time; None if it is no time."""
+    try:
+        return new_york_time(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return None
 
 
 def check_rows(

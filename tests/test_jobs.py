@@ -127,8 +127,9 @@ def test_batch_job_answers_each_trip_in_order_and_refuses_invalid_ones_alone(
     assert [r["request_id"] for r in replies] == ["b0", "bad", "b1", "b2"]
     assert replies[1]["reply_code"] == 1
     assert replies[1]["message"].startswith("PULocationID:")
-    assert [r["duration"] for r in replies if r["reply_code"] == 0] == model.predict_trips(
-        [TripRequest.model_validate(t) for t in good]
+    # The worker's compiled trees give scikit-learn's answers to rounding (core.trees).
+    assert [r["duration"] for r in replies if r["reply_code"] == 0] == pytest.approx(
+        model.predict_trips([TripRequest.model_validate(t) for t in good]), rel=1e-12
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -25,6 +26,7 @@ from core.scoring import (
     ChunkDone,
     as_floats,
     check_rows,
+    pickup_times,
     plan_scoring,
     score_file,
     work_dir_for,
@@ -131,10 +133,14 @@ def assert_scored(source: Path, output: Path, model: TripModel) -> None:
     predicted = scored[PREDICTION_COLUMN].to_pylist()
     good = [i for i in range(given.num_rows) if i not in BAD_ROWS]
     zones = [as_floats(given[n], n) for n in ("PULocationID", "DOLocationID")]
+    # The files' pickup times are New York wall-clock times: seconds on that clock.
+    pickup = pd.to_datetime(given["lpep_pickup_datetime"].to_pandas())
+    seconds = (pickup - pd.Timestamp("1970-01-01")).dt.total_seconds().tolist()
     expected = model.predict_columns(
         [int(zones[0][i]) for i in good],
         [int(zones[1][i]) for i in good],
         [float(given["trip_distance"][i].as_py()) for i in good],
+        [seconds[i] for i in good],
     )
     wrong = [
         i
@@ -172,6 +178,32 @@ def test_check_rows_names_the_field_of_every_problem() -> None:
         "DOLocationID is outside 1..265",
         "PULocationID is missing or not a number; trip_distance is missing or not a number",
     ]
+
+
+def test_pickup_times_are_read_as_new_york_time_and_bad_ones_refused_by_name() -> None:
+    table = pa.table(
+        {
+            "tpep_pickup_datetime": [
+                "2021-02-05T08:30:00",
+                None,
+                "2021-02-05T13:30:00Z",
+                "not a time",
+                "2008-12-31T23:00:00",
+            ]
+        }
+    )
+
+    found = pickup_times(table)
+
+    assert found is not None
+    name, seconds = found
+    assert name == "tpep_pickup_datetime"
+    assert seconds[0] == seconds[2] == 1_612_513_800.0  # 08:30 in New York, either way
+    assert math.isnan(seconds[1])  # no time: the model answers from the three fields
+    ones = np.ones(5)
+    valid, rejections = check_rows(ones, ones, ones, found)
+    assert valid.tolist() == [True, True, True, False, False]
+    assert rejections.reasons == ["tpep_pickup_datetime is not a date and time in 2009-2100"] * 2
 
 
 @pytest.mark.usefixtures("worker")

@@ -27,7 +27,7 @@ from core.model import TripModel
 from core.redis_server import EmbeddedRedis
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
-from tests.chaos.conftest import DEADLINE_S, short_deadline_env
+from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, short_deadline_env
 from tests.support import start_api, start_workers, tripq_env, wait_until
 
 SETTINGS = Settings()
@@ -95,10 +95,7 @@ def message_unacked(client: redis.Redis, job_id: str) -> bool:
 def test_job_held_by_a_sigkilled_worker_is_run_again_by_another_worker(
     flushed_db: redis.Redis, redis_url: str, log_dir: Path, figures: Callable[[str], None]
 ) -> None:
-    env = short_deadline_env(redis_url, log_dir)
-    # The linear baseline runs the million trips in about a second, well inside the visibility
-    # timeout; the gbm takes longer than that, and the run would be given back mid-way.
-    env["SERVING_VERSION"] = "baseline-2021-01"
+    env = short_deadline_env(redis_url, log_dir) | {"SERVING_VERSION": LONG_TASK_MODEL}
     with ExitStack() as processes:
         (first,) = start_workers(env, log_dir, [1])
         processes.callback(first.stop)

@@ -25,7 +25,7 @@ from core import protocol
 from core.jobs import PREDICT_BATCH_TASK
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
-from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
+from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, Scale, short_deadline_env
 from tests.support import (
     Load,
     Outcome,
@@ -135,7 +135,7 @@ def test_worker_sigkill_under_load_answers_every_request_by_its_deadline_with_20
 def test_task_held_by_a_sigkilled_worker_is_put_back_and_run_by_another_worker(
     flushed_db: redis.Redis, redis_url: str, log_dir: Path, figures: Callable[[str], None]
 ) -> None:
-    env = short_deadline_env(redis_url, log_dir)
+    env = short_deadline_env(redis_url, log_dir) | {"SERVING_VERSION": LONG_TASK_MODEL}
     with ExitStack() as processes:
         (first,) = start_workers(env, log_dir, [1])
         processes.callback(first.stop)
@@ -181,7 +181,13 @@ def test_worker_sigterm_finishes_every_task_it_took_exits_0_and_loses_no_request
     # Requests sent during the drain must outlive it and the next worker's start: the stopping
     # worker may still take the first of them (its consumer stops within one poll), or not.
     patience_s = 30.0
-    env = tripq_env(redis_url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=30)
+    env = tripq_env(
+        redis_url,
+        log_dir,
+        request_timeout_s=DEADLINE_S,
+        request_timeout_max_s=30,
+        serving_version=LONG_TASK_MODEL,
+    )
     with ExitStack() as processes:
         api, base = start_api(env, log_dir)
         processes.callback(api.stop)

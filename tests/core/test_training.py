@@ -25,7 +25,7 @@ from core.training import (
     resolve_data_file,
     train_model,
 )
-from tests.core.conftest import OUT_OF_WINDOW, TlcMirror, write_zones
+from tests.core.conftest import OUT_OF_WINDOW, TlcMirror
 
 COURSE_RMSE = 7.758715209663881  # MLOps Zoomcamp baseline: green 2021-01 -> 2021-02
 MakeTrips = Callable[..., Path]
@@ -164,9 +164,10 @@ def test_train_model_writes_a_card_named_after_its_directory(
     ]
     assert [f.name for f in card.valid_files] == ["c.parquet"]
     assert (card.train_rows, card.valid_rows) == (680, 390)
-    assert set(card.metrics) == {"rmse", "mae", "r2", "train_rmse"}
+    three_fields = {"rmse", "mae", "r2", "train_rmse"}
+    assert set(card.metrics) == three_fields | {"pickup_rmse", "pickup_mae", "pickup_r2"}
     assert card.metrics["r2"] > 0.8
-    assert card.features == ["PULocationID", "DOLocationID", "trip_distance"]
+    assert card.features == ["PULocationID", "DOLocationID", "trip_distance", "pickup_datetime"]
     assert set(card.libraries) == {"python", "scikit-learn", "skops", "numpy", "pandas"}
     assert card.artifact_sha256 == sha256_file(output / card.artifact)
     assert steps[0] == "reading a.parquet"
@@ -192,9 +193,11 @@ def test_training_is_deterministic(tmp_path: Path, make_trips: MakeTrips) -> Non
 
     assert first.metrics == second.metrics
     trips = read_trips(valid)
-    assert evaluate_model(tmp_path / "one", [valid]) | {"model": ""} == evaluate_model(
-        tmp_path / "two", [valid]
-    ) | {"model": ""}
+    one, two = (evaluate_model(tmp_path / name, [valid]) for name in ("one", "two"))
+    for result in (one, two, one["pickup"], two["pickup"]):
+        assert result is not None
+        result["model"] = ""
+    assert one == two
     assert len(trips) == first.valid_rows
 
 
@@ -381,10 +384,7 @@ def test_train_command_accepts_month_specs_and_prints_metrics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("TLC_BASE_URL", tlc_mirror.base_url)
-    monkeypatch.setenv("TLC_ZONES_URL", tlc_mirror.base_url.replace("trip-data", "misc/zones.csv"))
     _publish(tlc_mirror, make_trips, "green_tripdata_2021-01.parquet")
-    (tlc_mirror.root / "misc").mkdir()
-    write_zones(tlc_mirror.root / "misc" / "zones.csv")
     valid = make_trips("valid.parquet", seed=5)
     output = settings_env / "gbm-cli"
 
@@ -397,7 +397,8 @@ def test_train_command_accepts_month_specs_and_prints_metrics(
     assert (output / "report" / "report.html").is_file()
     assert "rmse" in result.stdout
     assert "fitting gbm" in result.stderr
-    assert (get_settings().data_dir / "taxi_zone_lookup.csv").is_file()  # fetched once, kept
+    # The zone lookup that ships with tripq: the mirror has none, and nothing is fetched.
+    assert not (get_settings().data_dir / "taxi_zone_lookup.csv").exists()
 
 
 def test_command_errors_are_one_line_with_exit_code_1(

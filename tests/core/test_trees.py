@@ -59,9 +59,10 @@ def test_compiled_trees_answer_every_real_trip_as_scikit_learn_does(
     columns = [trips[c].tolist() for c in ("PULocationID", "DOLocationID", "trip_distance")]
     times = trips[PICKUP_COLUMN].tolist()
 
+    pu, do, miles = columns
     for pickup in (None, times):
-        ours = np.asarray(compiled.predict_columns(*columns, pickup))
-        theirs = np.asarray(reference.predict_columns(*columns, pickup))
+        ours = np.asarray(compiled.predict_columns(pu, do, miles, pickup), dtype=np.float64)
+        theirs = np.asarray(reference.predict_columns(pu, do, miles, pickup), dtype=np.float64)
         assert len(ours) == len(trips)
         assert np.max(np.abs(ours - theirs)) <= 1e-6
 
