@@ -90,25 +90,36 @@ def model() -> TripModel:
 
 
 @pytest.fixture(scope="session")
-def wrong_durations(model: TripModel) -> Callable[[list[Outcome]], list[Outcome]]:
-    """Pick, among successful outcomes, those whose duration is not the model's own answer."""
+def wrong_durations() -> Callable[[list[Outcome]], list[Outcome]]:
+    """Pick, among successful outcomes, those whose duration is not the own answer of the model
+    version the reply names (loaded here once per version)."""
+    models: dict[str, TripModel] = {}
+
+    def model_of(version: str) -> TripModel:
+        if version not in models:
+            models[version] = load_model(PROJECT_ROOT / "repo" / "models" / version)
+        return models[version]
 
     def wrong(outcomes: list[Outcome]) -> list[Outcome]:
         ok = [o for o in outcomes if o.kind == "ok"]
-        if not ok:
-            return []
-        expected = model.predict_columns(
-            [o.trip["PULocationID"] for o in ok],
-            [o.trip["DOLocationID"] for o in ok],
-            [o.trip["trip_distance"] for o in ok],
-        )
-        return [
-            o
-            for o, duration in zip(ok, expected, strict=True)
-            if o.body is None
-            or o.body["request_id"] != o.trip["request_id"]
-            or abs(o.body["duration"] - duration) > 1e-9 * max(1.0, abs(duration))
-        ]
+        unusable = [o for o in ok if o.body is None or o.body["request_id"] != o.trip["request_id"]]
+        found = list(unusable)
+        for version in {o.body["model_version"] for o in ok if o not in unusable and o.body}:
+            group = [
+                o for o in ok if o not in unusable and o.body and o.body["model_version"] == version
+            ]
+            expected = model_of(version).predict_columns(
+                [o.trip["PULocationID"] for o in group],
+                [o.trip["DOLocationID"] for o in group],
+                [o.trip["trip_distance"] for o in group],
+            )
+            found += [
+                o
+                for o, duration in zip(group, expected, strict=True)
+                if o.body is None
+                or abs(o.body["duration"] - duration) > 1e-9 * max(1.0, abs(duration))
+            ]
+        return found
 
     return wrong
 
