@@ -240,6 +240,21 @@ class Deployment:
 
     base_url: str
     redis_url: str
+    worker: "Child | None" = None  # tripq's `tripq worker`, whose children do the work
+
+
+def worker_rss_mib(worker: Child) -> float | None:
+    """Resident memory of the largest process under `tripq worker`: its Celery worker, in MiB."""
+    try:
+        import psutil  # a dev extra, as the bench is
+    except ImportError:
+        return None
+    try:
+        processes = psutil.Process(worker.process.pid).children(recursive=True)
+        largest = max((p.memory_info().rss for p in processes), default=0)
+    except psutil.Error:
+        return None
+    return round(largest / 2**20, 1) if largest else None
 
 
 def start_deployment(name: str, cfg: BenchConfig, stack: ExitStack, work: Path) -> Deployment:
@@ -251,14 +266,14 @@ def start_deployment(name: str, cfg: BenchConfig, stack: ExitStack, work: Path) 
     stack.callback(server.stop)
     env = _child_env(server.url, work / "logs")
     port = free_port()
-    deployment = Deployment(f"http://127.0.0.1:{port}", server.url)
+    base_url = f"http://127.0.0.1:{port}"
     if name == "tripq-baseline":  # tripq itself, serving the linear baseline
         env["SERVING_VERSION"] = BASELINE_VERSION
     if name in ("tripq", "tripq-prefork", "tripq-baseline"):
-        _start_tripq(cfg, stack, env, work, port, prefork=name == "tripq-prefork")
-    else:
-        _start_app(name, stack, env, work, port)
-    return deployment
+        worker = _start_tripq(cfg, stack, env, work, port, prefork=name == "tripq-prefork")
+        return Deployment(base_url, server.url, worker)
+    _start_app(name, stack, env, work, port)
+    return Deployment(base_url, server.url)
 
 
 def _prefork_worker_argv(processes: int) -> list[str]:
@@ -279,8 +294,9 @@ def _start_tripq(
     port: int,
     *,
     prefork: bool = False,
-) -> None:
-    """Start tripq's worker (gevent, or prefork) and `tripq api` (one process); wait for /ready."""
+) -> Child:
+    """Start tripq's worker (gevent, or prefork) and `tripq api` (one process); wait for /ready;
+    return the worker."""
     processes, greenlets = str(cfg.worker_processes), str(cfg.worker_concurrency)
     worker_argv = _tripq_argv("worker", "--processes", processes, "--concurrency", greenlets)
     if prefork:
@@ -290,6 +306,7 @@ def _start_tripq(
     api = _spawn(stack, "tripq-api", api_argv, env, work, _APP_STOP_S)
     ready = f"http://127.0.0.1:{port}/ready"
     _wait_until(lambda: _answers(ready), [worker, api], "tripq /ready 200")
+    return worker
 
 
 def _start_app(name: str, stack: ExitStack, env: dict[str, str], work: Path, port: int) -> None:
@@ -470,6 +487,7 @@ def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
     kind = resolve_loadgen(cfg.loadgen)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    memory: dict[str, float | None] = {}  # worker RSS after its load, by deployment
     with tempfile.TemporaryDirectory(prefix="tripq-bench-") as tmp, _sigterm_unwinds():
         work = Path(tmp)
         bodies = write_bodies(work, cfg)
@@ -483,6 +501,8 @@ def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
                             row = measure(system, deployment, concurrency, cfg, bodies, kind, work)
                             rows.append(row)
                             console.print(progress_line(row))
+                    if deployment.worker is not None:
+                        memory[name] = worker_rss_mib(deployment.worker)
                     console.print(f"[bold]{name}[/]: stopping")
             except BenchError as exc:
                 console.print(f"[red]{name} failed: {exc}[/red]")
@@ -493,6 +513,7 @@ def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
         "request_timeout_s": get_settings().request_timeout_s,
     }
     report = build_report(settings, kind, rows, failures)
+    report["worker_rss_mib"] = memory
     write_report(report, cfg.output)
     print_report(report, console)
     return report

@@ -232,12 +232,25 @@ class TripModel:
         # threads are safe without a lock.
         if self._scorer is not None:
             return self._scorer.predict(pu, do, distance)
-        features, evaluator = self._features, self._evaluator
-        assert features is not None
-        assert evaluator is not None
-        trips = _trip_matrix(pu, do, distance, pickup)
-        predicted: list[float] = evaluator.predict(features.transform(trips)).tolist()
+        assert self._evaluator is not None
+        features = self.feature_matrix(pu, do, distance, pickup)
+        predicted: list[float] = self._evaluator.predict(features).tolist()
         return predicted
+
+    def feature_matrix(
+        self,
+        pu: Sequence[int | str],
+        do: Sequence[int | str],
+        distance: Sequence[float],
+        pickup: Sequence[float | None] | None = None,
+    ) -> NDArray[np.float64]:
+        """Return what a gbm's trees read for these trips (see predict_columns)."""
+        if self._features is None:
+            raise ModelError(f"model {self.version} is no gbm: it has no feature matrix")
+        matrix: NDArray[np.float64] = self._features.transform(
+            _trip_matrix(pu, do, distance, pickup)
+        )
+        return matrix
 
 
 def _trip_matrix(
