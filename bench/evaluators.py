@@ -28,7 +28,7 @@ from core.trees import CompiledEvaluator, Floats, PickupAwareRegressor, compile_
 
 MONTH = PROJECT_ROOT.parent / "shared" / "data" / "nyc-tlc" / "green_tripdata_2021-02.parquet"
 OUTPUT = Path(__file__).parent / "results" / "evaluators.json"
-SIZES = (1, 64, 10_000)
+SIZES = (1, 64, 256, 1_000, 2_500, 10_000)
 
 
 def median_ms(call: Callable[[], object], budget_s: float = 1.0) -> float:
@@ -80,7 +80,7 @@ def main() -> None:
     libraries = compile_in_child(model_dir, settings.tree_cache_dir, settings.tree_compiler)
     reference, compiled = load_model(model_dir), load_model(model_dir)
     compiled.use_compiled(libraries)
-    native = CompiledEvaluator(libraries)
+    native = CompiledEvaluator(libraries)  # compiled code at every size, no hand-over
     trips = read_trips(MONTH).sample(frac=1.0, random_state=0).reset_index(drop=True)
     pu, do = (trips[c].astype(int).tolist() for c in ("PULocationID", "DOLocationID"))
     distance, times = trips["trip_distance"].tolist(), trips[PICKUP_COLUMN].tolist()

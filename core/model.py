@@ -198,7 +198,7 @@ class TripModel:
             raise ModelError(f"model {self.version} has no trees to compile")
         if self._evaluator.name == COMPILED:
             return
-        compiled = CompiledEvaluator(libraries)
+        compiled = CompiledEvaluator(libraries, batch=self._evaluator)
         verify(compiled, self._evaluator, probe_rows(self._regressor))
         self._evaluator = compiled
 

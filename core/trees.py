@@ -55,6 +55,8 @@ TIMED_COLUMNS = len(COLUMNS) + len(TIME_COLUMNS)
 ENSEMBLES = ("untimed", "timed")
 MAX_DIFFERENCE = 1e-6  # minutes: a compiled library must answer the probe rows within this
 
+# Above this many trips a call is evaluated by scikit-learn's walk (see CompiledEvaluator).
+LARGE_CALL = 2_000
 _COMPILE_TIMEOUT_S = 600.0
 _PROBE_ROWS = 512
 
@@ -139,17 +141,27 @@ class CompiledEvaluator:
 
     A tl2cgen predictor serves one call at a time, so each inference thread gets its own
     (they share the loaded library); one native thread each, like scikit-learn under tripq.
+
+    Calls of more than `large_call` trips go to scikit-learn's walk instead (`batch`): its
+    per-call cost is what the compiled code saves, and from a few thousand trips on its per-trip
+    walk is as fast or faster (bench/results/evaluators.json).
     """
 
     name = COMPILED
 
-    def __init__(self, libraries: dict[str, Path]) -> None:
+    def __init__(
+        self,
+        libraries: dict[str, Path],
+        batch: Evaluator | None = None,
+        large_call: int = LARGE_CALL,
+    ) -> None:
         try:
             import tl2cgen
         except ImportError as exc:
             raise ModelError(f"cannot run compiled trees: {exc}") from exc
         self._tl2cgen = tl2cgen
         self._libraries = libraries
+        self._batch, self._large_call = batch, large_call
         self._local = threading.local()
         # Load now: a library that cannot load fails here, not mid-request.
         try:
@@ -168,7 +180,9 @@ class CompiledEvaluator:
         return predictors
 
     def predict(self, features: Floats) -> Floats:
-        """Predict minutes with the compiled libraries."""
+        """Predict minutes with the compiled libraries (large calls: with `batch`)."""
+        if self._batch is not None and len(features) > self._large_call:
+            return self._batch.predict(features)
         predictors = self._predictors()
         return route(
             features,

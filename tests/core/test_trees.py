@@ -14,6 +14,7 @@ from core.training import PICKUP_COLUMN, evaluate_model, read_trips, read_zones,
 from core.trees import (
     COMPILED,
     SKLEARN,
+    CompiledEvaluator,
     TreeBuild,
     check_cache_dir,
     compile_in_child,
@@ -54,17 +55,36 @@ def _pair(default_dir: Path, libraries: dict[str, Path]) -> tuple[TripModel, Tri
 def test_compiled_trees_answer_every_real_trip_as_scikit_learn_does(
     real_data: Path, default_dir: Path, libraries: dict[str, Path], month: str
 ) -> None:
-    reference, compiled = _pair(default_dir, libraries)
+    reference = load_model(default_dir)
+    assert reference.regressor is not None
+    compiled = CompiledEvaluator(libraries)  # compiled code at every size, no hand-over
     trips = read_trips(real_data / month)
-    columns = [trips[c].tolist() for c in ("PULocationID", "DOLocationID", "trip_distance")]
-    times = trips[PICKUP_COLUMN].tolist()
+    pu, do, miles = (trips[c].tolist() for c in ("PULocationID", "DOLocationID", "trip_distance"))
 
-    pu, do, miles = columns
-    for pickup in (None, times):
-        ours = np.asarray(compiled.predict_columns(pu, do, miles, pickup), dtype=np.float64)
-        theirs = np.asarray(reference.predict_columns(pu, do, miles, pickup), dtype=np.float64)
+    for pickup in (None, trips[PICKUP_COLUMN].tolist()):
+        features = reference.feature_matrix(pu, do, miles, pickup)
+        ours = compiled.predict(features)
+        theirs = reference.regressor.predict(features)
         assert len(ours) == len(trips)
         assert np.max(np.abs(ours - theirs)) <= 1e-6
+
+
+def test_a_large_call_is_handed_to_the_batch_evaluator(libraries: dict[str, Path]) -> None:
+    class Batch:
+        name = "batch"
+        calls: list[int] = []  # noqa: RUF012 - one instance
+
+        def predict(self, features: np.ndarray) -> np.ndarray:
+            self.calls.append(len(features))
+            return np.zeros(len(features))
+
+    batch = Batch()
+    evaluator = CompiledEvaluator(libraries, batch=batch, large_call=10)
+    rows = np.zeros((11, 16))
+
+    assert evaluator.predict(rows).tolist() == [0.0] * 11
+    evaluator.predict(rows[:10])
+    assert batch.calls == [11]
 
 
 def test_one_trip_and_mixed_batches_agree_too(
