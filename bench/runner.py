@@ -250,7 +250,8 @@ def worker_rss_mib(worker: Child) -> float | None:
     except ImportError:
         return None
     try:
-        processes = psutil.Process(worker.process.pid).children(recursive=True)
+        root = psutil.Process(worker.process.pid)  # it may exec Celery itself, or supervise it
+        processes = [root, *root.children(recursive=True)]
         largest = max((p.memory_info().rss for p in processes), default=0)
     except psutil.Error:
         return None

@@ -140,10 +140,18 @@ def train(
         "mae": card.metrics["mae"],
         "r2": card.metrics["r2"],
     }
+    valid_name = "valid: " + ", ".join(f.name for f in card.valid_files)
     rows: list[Row] = [
         ("train: " + ", ".join(f.name for f in card.train_files), card.train_rows, None),
-        ("valid: " + ", ".join(f.name for f in card.valid_files), card.valid_rows, valid_scores),
+        (valid_name, card.valid_rows, valid_scores),
     ]
+    if "pickup_rmse" in card.metrics:
+        with_time: Scores = {
+            "rmse": card.metrics["pickup_rmse"],
+            "mae": card.metrics["pickup_mae"],
+            "r2": card.metrics["pickup_r2"],
+        }
+        rows.append((valid_name + " + pickup time", card.valid_rows, with_time))
     out.print(_metrics_table(f"{card.version} ({card.kind})", rows, card.metrics["train_rmse"]))
     note = " (now the default model)" if current else ""
     out.print(f"wrote {escape(str(output))}{note}", soft_wrap=True)
@@ -169,9 +177,13 @@ def evaluate(
             result = evaluate_model(model_dir, paths, progress=report)
     except TripqError as exc:
         raise _fail(err, exc) from None
-    rows: list[Row] = [(f["name"], f["rows"], f) for f in result["files"]]
-    if len(rows) > 1:
-        rows.append(("all", result["rows"], result))
+    rows: list[Row] = []
+    for scores, suffix in ((result, ""), (result["pickup"], " + pickup time")):
+        if scores is None:
+            continue
+        rows += [(f["name"] + suffix, f["rows"], f) for f in scores["files"]]
+        if len(scores["files"]) > 1:
+            rows.append(("all" + suffix, scores["rows"], scores))
     out.print(_metrics_table(result["model"], rows))
     # Plain echo, not rich: the JSON must stay one unwrapped line for scripts to parse.
     typer.echo(json.dumps(result))
