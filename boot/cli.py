@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from boot.cli_bench import bench
@@ -24,6 +25,7 @@ from core.errors import TripqError
 from core.jobs import JobClient, TripAnswer
 from core.redis_clients import sync_client
 from core.redis_server import EmbeddedRedis, redis_answers
+from core.registry import read_card, resolve_model_dir
 from core.schemas import TripRequest, WorkerInfo
 
 app = typer.Typer(
@@ -117,6 +119,7 @@ def up(
     settings = get_settings()
     host, port = host or settings.api_host, port or settings.api_port
     redis_server = _ensure_redis(settings)
+    _compile_default_trees(settings)
     group = ProcessGroup()
     group.handle_signals()
     try:
@@ -232,6 +235,28 @@ def _ensure_redis(settings: Settings) -> EmbeddedRedis | None:
     server.start()
     console.print(f"started embedded Redis on port {server.port} (data in {server.data_dir})")
     return server
+
+
+def _compile_default_trees(settings: Settings) -> None:
+    """Build the serving gbm's compiled trees before the workers start, once per artifact.
+
+    Otherwise every worker of a fresh clone would wait for that build (about 40 s) inside the
+    start-up bound below. Where it cannot be built, the workers serve on scikit-learn's trees.
+    """
+    try:
+        model_dir = resolve_model_dir(settings.artifact_dir, settings.serving_version)
+        card = read_card(model_dir)
+        if card.kind != "gbm" or not settings.tree_compiler:
+            return
+        # Imported here: it loads scikit-learn, which no other command of `up` needs.
+        from core.trees import cached_libraries, compile_in_child
+
+        if cached_libraries(settings.tree_cache_dir, card.artifact_sha256, settings.tree_compiler):
+            return
+        console.print(f"compiling the trees of {model_dir.name} (once, about 40 s) ...")
+        compile_in_child(model_dir, settings.tree_cache_dir, settings.tree_compiler)
+    except TripqError as exc:
+        console.print(f"[yellow]{escape(exc.message)}: workers use scikit-learn's trees[/yellow]")
 
 
 def _wait_ready(base: str, group: ProcessGroup) -> bool:
