@@ -175,8 +175,8 @@ class TripReply(BaseModel):
                 {
                     "reply_code": 0,
                     "request_id": "99999",
-                    "duration": 25.82,
-                    "model_version": "baseline-2021-01",
+                    "duration": 14.64,
+                    "model_version": "gbm-2021-01-v2",
                     "timings": {"total_ms": 2.1, "queue_ms": 0.4, "inference_ms": 0.3},
                 }
             ]
@@ -220,8 +220,8 @@ class BatchReply(BaseModel):
             "examples": [
                 {
                     "reply_code": 0,
-                    "model_version": "baseline-2021-01",
-                    "replies": [{"reply_code": 0, "request_id": "99999", "duration": 25.82}],
+                    "model_version": "gbm-2021-01-v2",
+                    "replies": [{"reply_code": 0, "request_id": "99999", "duration": 14.64}],
                     "timings": {"total_ms": 3.1, "queue_ms": 0.5, "inference_ms": 0.4},
                 }
             ]
@@ -276,7 +276,7 @@ class HealthReply(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"name": "tripq", "api_version": "0.1.0", "model_version": "baseline-2021-01"}
+                {"name": "tripq", "api_version": "0.1.0", "model_version": "gbm-2021-01-v2"}
             ]
         }
     )
@@ -328,7 +328,7 @@ class ReadyReply(BaseModel):
                             "seen_s_ago": 0.8,
                         }
                     ],
-                    "model_versions": ["baseline-2021-01"],
+                    "model_versions": ["gbm-2021-01-v2"],
                 }
             ]
         }
@@ -413,8 +413,8 @@ class JobReply(BaseModel):
                     "finished_at": "2026-12-01T17:00:00.006+00:00",
                     "kept_until": "2026-12-02T17:00:00.006+00:00",
                     "result": {
-                        "model_version": "baseline-2021-01",
-                        "replies": [{"reply_code": 0, "request_id": "99999", "duration": 25.82}],
+                        "model_version": "gbm-2021-01-v2",
+                        "replies": [{"reply_code": 0, "request_id": "99999", "duration": 14.64}],
                     },
                 }
             ]
