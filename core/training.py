@@ -365,9 +365,7 @@ def month_file_name(spec: str) -> str:
     return f"{match['color']}_tripdata_{match['month']}.parquet"
 
 
-def _download(
-    url: str, dest: Path, timeout_s: float, check: Callable[[Path, str], None] | None = None
-) -> None:
+def _download(url: str, dest: Path, timeout_s: float) -> None:
     """Copy `url` into `dest` through a temporary sibling, so `dest` is whole or absent."""
     if not url.startswith(("http://", "https://")):
         raise DataError(f"refusing to download {url}: only http(s) URLs are fetched")
@@ -379,7 +377,7 @@ def _download(
         with os.fdopen(fd, "wb") as out, reply:
             while chunk := reply.read(1 << 20):
                 out.write(chunk)
-        (check or _check_parquet)(tmp, url)
+        _check_parquet(tmp, url)
         os.chmod(tmp, 0o644)  # mkstemp's owner-only mode would hide the data from other users
         os.replace(tmp, dest)
     except urllib.error.HTTPError as exc:
