@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 
 from config import Settings
 from core.errors import InvalidTrip, Unauthorized
-from core.jobs import JobClient
+from core.online.client import JobClient
 
 # How /docs describes the header that check_client reads.
 MODEL_VERSION_HEADER = {

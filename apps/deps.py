@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from config import Settings, get_settings
-from core.jobs import JobClient
+from core.online.client import JobClient
 
 
 async def settings_dependency() -> Settings:

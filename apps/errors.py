@@ -24,7 +24,8 @@ from core.errors import (
     UnknownJob,
     VersionNotServed,
 )
-from core.schemas import ErrorReply, FieldError, JobReply
+from core.jobs.schemas import JobReply
+from core.trip.schemas import ErrorReply, FieldError
 
 RETRY_AFTER_S = 1
 

@@ -8,7 +8,7 @@
     client <── reply {reply_code, duration} <── API <── PSUBSCRIBE ───┘
 
 Each API process sends tasks without Celery's producer and awaits every result through one pattern
-subscription (see core.jobs); a request that outlives its deadline gets reply_code 2.
+subscription (see core.online.client); a request that outlives its deadline gets reply_code 2.
 """
 
 import asyncio
@@ -26,12 +26,13 @@ from apps.middleware import BodySizeLimit, RequestTracking
 from apps.routers import health, jobs, trip
 from config import Settings, get_settings
 from core.errors import ModelError
-from core.job_store import JobStore
-from core.jobs import JobClient
-from core.limits import Admission, export_queue_metrics, watch_queue_depth
-from core.logs import configure_logging
-from core.registry import read_card, resolve_model_dir
-from core.schemas import BatchRequest, JobBatch, JobTrip, TripRequest
+from core.infra.logs import configure_logging
+from core.jobs.schemas import JobBatch, JobTrip
+from core.jobs.store import JobStore
+from core.model.registry import read_card, resolve_model_dir
+from core.online.admission import Admission, export_queue_metrics, watch_queue_depth
+from core.online.client import JobClient
+from core.trip.schemas import BatchRequest, TripRequest
 
 # How long start-up waits for the result subscription before serving (503s until it is up).
 _SUBSCRIBE_WAIT_S = 2.0

@@ -10,8 +10,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import metrics, tracing
 from core.errors import ReplyCode
+from core.infra import metrics, tracing
 
 
 class RequestTracking:
@@ -37,7 +37,7 @@ class RequestTracking:
                 message["headers"] = [*message.get("headers", ()), echoed]
             await send(message)
 
-        # Every log line written while serving it carries the id (core.logs reads `current`).
+        # Every log line written while serving it carries the id (core.infra.logs reads `current`).
         token = tracing.current.set(request_id)
         try:
             await self.app(scope, receive, tracked)

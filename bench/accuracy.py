@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.accuracy            # writes bench/results/accuracy.json
 
 1. Cross-validation within each training month (green 2021-01, 2023-01; 3 folds, no month after
-   it is read): the ensemble shapes and the time features the gbm recipe uses (core.model).
+   it is read): the ensemble shapes and the time features the gbm recipe uses (core.model.artifact).
 2. Train on month M, validate on M+1, as `tripq train` / `tripq evaluate` do: the baseline, and
    the gbm without and with the pickup time. These are the README's accuracy table.
 
@@ -23,9 +23,9 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import KFold
 
 from config import PROJECT_ROOT, get_settings
-from core.features import COLUMNS, TripFeatures, zone_boroughs
-from core.model import build_pipeline
-from core.training import evaluate_model, model_input, read_trips, read_zones, train_model
+from core.model.artifact import build_pipeline
+from core.model.features import COLUMNS, TripFeatures, zone_boroughs
+from core.model.training import evaluate_model, model_input, read_trips, read_zones, train_model
 
 DATA = PROJECT_ROOT.parent / "shared" / "data" / "nyc-tlc"
 OUTPUT = Path(__file__).parent / "results" / "accuracy.json"

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse
 
 from config import get_settings
 from core.errors import ReplyCode
-from core.registry import resolve_model_dir
-from core.schemas import ErrorReply, Timings, TripPrediction, TripReply, TripRequest
+from core.model.registry import resolve_model_dir
+from core.trip.schemas import ErrorReply, Timings, TripPrediction, TripReply, TripRequest
 
 PREDICT_PATH = "/v1/trip/predict"
 NAIVE_TASK = "tasks.trip.tasks.predict_ride"
@@ -69,8 +69,8 @@ def create_inprocess_app() -> FastAPI:
     # Imported here so that only this system's process pays for scikit-learn.
     import numpy as np
 
-    from core.model import load_model
-    from core.pickup import wall_clock_seconds
+    from core.model.artifact import load_model
+    from core.trip.pickup import wall_clock_seconds
 
     model = load_model(_model_dir())
     pipeline = model.pipeline
@@ -93,8 +93,8 @@ def create_inprocess_app() -> FastAPI:
 
 def create_compiled_app() -> FastAPI:
     """Build the in-process server with tripq's own model path: compiled trees, fast features."""
-    from core.model import load_model
-    from core.trees import compile_in_child
+    from core.model.artifact import load_model
+    from core.model.trees import compile_in_child
 
     settings = get_settings()
     model_dir = _model_dir()

@@ -4,7 +4,7 @@
 
 For 1, 64 and 10,000 trips of green 2021-02 (with and without their pickup times), the median
 time of one call of: scikit-learn's own predict, treelite's GTIL interpreter, and the tl2cgen
-library tripq's workers run (core.trees), each on the same feature matrix; and the whole
+library tripq's workers run (core.model.trees), each on the same feature matrix; and the whole
 model call a worker makes (features + compiled trees). Needs ../shared/data/nyc-tlc.
 """
 
@@ -21,10 +21,16 @@ import treelite
 from threadpoolctl import threadpool_limits
 
 from config import PROJECT_ROOT, get_settings
-from core.model import TripModel, load_model
-from core.registry import resolve_model_dir
-from core.training import PICKUP_COLUMN, read_trips
-from core.trees import CompiledEvaluator, Floats, PickupAwareRegressor, compile_in_child, route
+from core.model.artifact import TripModel, load_model
+from core.model.registry import resolve_model_dir
+from core.model.training import PICKUP_COLUMN, read_trips
+from core.model.trees import (
+    CompiledEvaluator,
+    Floats,
+    PickupAwareRegressor,
+    compile_in_child,
+    route,
+)
 
 MONTH = PROJECT_ROOT.parent / "shared" / "data" / "nyc-tlc" / "green_tripdata_2021-02.parquet"
 OUTPUT = Path(__file__).parent / "results" / "evaluators.json"

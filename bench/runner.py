@@ -43,7 +43,7 @@ from bench.loadgen import (
 )
 from bench.report import SYSTEMS, build_report, print_report, progress_line, write_report
 from config import PROJECT_ROOT, get_settings
-from core.redis_server import EmbeddedRedis
+from core.infra.embedded_redis import EmbeddedRedis
 
 BATCH_PATH = "/v1/trip/predict/batch"
 BASELINE_VERSION = "baseline-2021-01"

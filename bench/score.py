@@ -1,4 +1,4 @@
-"""Measure `tripq score` (core.scoring) against one real worker process.
+"""Measure `tripq score` (core.offline.scoring) against one real worker process.
 
     .venv/bin/python -m bench.score
     .venv/bin/python -m bench.score --chunk-rows 10000,25000,50000,100000 --repeat 3
@@ -27,8 +27,8 @@ import redis
 
 from bench.runner import Child, free_port
 from config import PROJECT_ROOT, Settings
-from core.redis_server import EmbeddedRedis
-from core.scoring import DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, score_file
+from core.infra.embedded_redis import EmbeddedRedis
+from core.offline.scoring import DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, score_file
 
 MONTH = PROJECT_ROOT.parent / "shared" / "data" / "nyc-tlc" / "green_tripdata_2021-02.parquet"
 SYNTHETIC_ROWS = 1_000_000

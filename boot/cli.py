@@ -22,11 +22,12 @@ from boot.cli_score import score
 from boot.procs import ProcessGroup
 from config import Settings, get_settings
 from core.errors import TripqError
-from core.jobs import JobClient, TripAnswer
-from core.redis_clients import sync_client
-from core.redis_server import EmbeddedRedis, redis_answers
-from core.registry import read_card, resolve_model_dir
-from core.schemas import TripRequest, WorkerInfo
+from core.infra.embedded_redis import EmbeddedRedis, redis_answers
+from core.infra.redis_clients import sync_client
+from core.model.registry import read_card, resolve_model_dir
+from core.online.client import JobClient, TripAnswer
+from core.online.schemas import WorkerInfo
+from core.trip.schemas import TripRequest
 
 app = typer.Typer(
     help="tripq: NYC taxi trip durations, served through a Redis queue by Celery workers.",
@@ -249,7 +250,7 @@ def _compile_default_trees(settings: Settings) -> None:
         if card.kind != "gbm" or not settings.tree_compiler:
             return
         # Imported here: it loads scikit-learn, which no other command of `up` needs.
-        from core.trees import cached_libraries, compile_in_child
+        from core.model.trees import cached_libraries, compile_in_child
 
         if cached_libraries(settings.tree_cache_dir, card.artifact_sha256, settings.tree_compiler):
             return

@@ -1,6 +1,6 @@
-"""`tripq train` and `tripq evaluate`: parse, call core.training, print.
+"""`tripq train` and `tripq evaluate`: parse, call core.model.training, print.
 
-core.training (scikit-learn, skops: over a second to import) is imported when one of these
+core.model.training (scikit-learn, skops: over a second to import) is imported when one of these
 commands runs, not when the CLI starts: `tripq workers` is a container healthcheck.
 """
 
@@ -17,10 +17,10 @@ from rich.table import Table
 
 from config import Settings, get_settings
 from core.errors import ModelError, TripqError
-from core.registry import DEFAULT_KIND, MODEL_KINDS, resolve_model_dir, write_current
+from core.model.registry import DEFAULT_KIND, MODEL_KINDS, resolve_model_dir, write_current
 
 if TYPE_CHECKING:
-    from core.training import Progress, Scores
+    from core.model.training import Progress, Scores
 
 _SOURCE_HELP = "a path, or a TLC month like green:2021-01 (downloaded into DATA_DIR)"
 
@@ -45,7 +45,7 @@ def _fail(console: Console, exc: TripqError) -> typer.Exit:
 
 def _data_files(sources: list[str], settings: Settings, report: "Progress") -> list[Path]:
     """Return the paths of trip files given as paths or month specs, fetching months."""
-    from core.training import is_month_spec, resolve_data_file
+    from core.model.training import is_month_spec, resolve_data_file
 
     paths = []
     for source in sources:
@@ -112,7 +112,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a model from NYC TLC trip files."""
-    from core.training import read_zones, train_model
+    from core.model.training import read_zones, train_model
 
     settings = get_settings()
     out, err = Console(), Console(stderr=True)
@@ -166,7 +166,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Print a trained model's metrics on NYC TLC trip files; the last line is JSON."""
-    from core.training import evaluate_model
+    from core.model.training import evaluate_model
 
     settings = get_settings()
     out, err = Console(), Console(stderr=True)

@@ -1,8 +1,8 @@
 """`tripq models`: list the model versions, and promote, canary or roll back one, live.
 
 Each command checks what it is asked to serve (the artifact's hash, its feature schema, a smoke
-prediction) before it writes the routing (core.rollout) to Redis; workers follow within a second,
-and API processes within half a second, without a restart. CURRENT in the artifact directory
+prediction) before it writes the routing (core.online.routing) to Redis; workers follow within a
+second, and API processes within half a second, without a restart. CURRENT in the artifact directory
 follows the current version too, so a fleet started afresh serves the same one.
 """
 
@@ -17,12 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from config import Settings, get_settings
-from core import fleet
 from core.errors import TripqError
-from core.redis_clients import sync_client
-from core.registry import CARD_FILE, read_card, read_current, resolve_model_dir, write_current
-from core.rollout import ROUTING_KEY, Routing
-from core.schemas import WorkerInfo
+from core.infra.redis_clients import sync_client
+from core.model.registry import CARD_FILE, read_card, read_current, resolve_model_dir, write_current
+from core.online import fleet
+from core.online.routing import ROUTING_KEY, Routing
+from core.online.schemas import WorkerInfo
 
 models_app = typer.Typer(
     help="List model versions; promote, canary or roll back one on the live fleet.",
@@ -56,7 +56,7 @@ def _live(client: "redis.Redis", settings: Settings) -> list[WorkerInfo]:
 
 def _checked(settings: Settings, version: str) -> None:
     """Load `version` as a worker would; raise (InvalidArtifact, ModelError) if it cannot serve."""
-    from core.model import load_model  # scikit-learn: only when a command needs it
+    from core.model.artifact import load_model  # scikit-learn: only when a command needs it
 
     load_model(resolve_model_dir(settings.artifact_dir, version))
 
@@ -200,7 +200,7 @@ def compile_trees(
     ] = None,
 ) -> None:
     """Build the compiled trees of gbm versions into TREE_CACHE_DIR, as a worker would."""
-    from core.trees import compile_in_child
+    from core.model.trees import compile_in_child
 
     settings = get_settings()
     out, err = Console(), Console(stderr=True)

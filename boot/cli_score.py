@@ -1,4 +1,4 @@
-"""`tripq score`: parse, call core.scoring, show progress, print the summary."""
+"""`tripq score`: parse, call core.offline.scoring, show progress, print the summary."""
 
 import asyncio
 import json
@@ -19,7 +19,7 @@ from rich.progress import (
 
 from config import get_settings
 from core.errors import InvalidTrip, TripqError
-from core.scoring import (
+from core.offline.scoring import (
     DEFAULT_IN_FLIGHT,
     DEFAULT_RETRIES,
     ChunkDone,

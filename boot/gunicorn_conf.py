@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from config import get_settings
-from core.logs import configure_logging
+from core.infra.logs import configure_logging
 
 _settings = get_settings()
 
-# Metrics of all the API processes, summed by whichever one a scrape reaches (core.metrics): a
+# Metrics of all the API processes, summed by whichever one a scrape reaches (core.infra.metrics): a
 # folder of their own for this gunicorn (or the operator's), set before any worker forks and
 # imports prometheus_client, which reads it once at import; so nothing here may import it.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

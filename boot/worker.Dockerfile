@@ -22,7 +22,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# gcc builds a gbm's trees into a library (core.trees): at image build for the models shipped
+# gcc builds a gbm's trees into a library (core.model.trees): at image build for the models shipped
 # here, and in a running worker for a version promoted later. Without it workers still serve,
 # on scikit-learn's slower evaluator. Unpinned: Debian's security updates replace pinned versions.
 # After the dependency layer, which the API image shares.

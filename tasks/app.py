@@ -7,7 +7,7 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 
 from config import Settings, get_settings
-from core.redis_clients import transport_options
+from core.infra.redis_clients import transport_options
 
 settings = get_settings()
 
@@ -105,7 +105,7 @@ app.conf.update(
         "retry_on_timeout": True,
         "visibility_timeout": visibility_timeout_s(settings),
         "unacked_mutex_expire": _RESTORE_MUTEX_EXPIRE_S,
-        # The master's name, for sentinel:// URLs (core.redis_clients).
+        # The master's name, for sentinel:// URLs (core.infra.redis_clients).
         **transport_options(settings, settings.broker_url),
     },
     result_backend_transport_options=transport_options(settings, settings.result_backend),

@@ -8,7 +8,7 @@ tripq_worker_model_info{version,evaluator}  1 for each version held, with what r
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from core.infra.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 
 WORKER_TASKS = Counter(
     "tripq_worker_tasks", "Tasks a worker ended, by task and outcome.", ["task", "outcome"]

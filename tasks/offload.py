@@ -3,7 +3,7 @@
 What runs on the native threads must take no lock a greenlet also takes: once monkey-patched,
 `threading.Lock` is a greenlet lock, and a greenlet waiting for one that a native thread holds can
 miss its release and wait for good (gevent issue #2013). Log sinks hold such locks, so offloaded
-code never logs (core.serving keeps its logging on the hub), and warnings raised there are shown
+code never logs (core.model.shelf keeps its logging on the hub), and warnings raised there are shown
 from the hub's thread (`show_warnings_on_hub`).
 """
 

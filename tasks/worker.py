@@ -27,13 +27,13 @@ from loguru import logger
 from prometheus_client import start_http_server
 
 from config import get_settings
-from core import fleet
 from core.errors import ModelError
-from core.logs import configure_logging
-from core.redis_clients import sync_client
-from core.rollout import ROUTING_KEY, Routing, version_queue
-from core.serving import ModelShelf
-from core.trees import TreeBuild
+from core.infra.logs import configure_logging
+from core.infra.redis_clients import sync_client
+from core.model.shelf import ModelShelf
+from core.model.trees import TreeBuild
+from core.online import fleet
+from core.online.routing import ROUTING_KEY, Routing, version_queue
 from tasks import metrics as worker_metrics
 from tasks.offload import run_off_hub, set_offload_threads, show_warnings_on_hub
 
@@ -52,7 +52,7 @@ stopping = threading.Event()
 RESTORE_EVERY_S = 2.0
 # Longest wait between two attempts to reach a lost broker (see PromptReconnectConsumer).
 RECONNECT_EVERY_S = 1.0
-# How often a worker reads the routing (core.rollout): a promotion reaches it within this.
+# How often a worker reads the routing (core.online.routing): a promotion reaches it within this.
 FOLLOW_EVERY_S = 1.0
 
 

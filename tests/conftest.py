@@ -18,9 +18,9 @@ import redis
 
 from config import get_settings
 from core.errors import ModelError
-from core.redis_server import EmbeddedRedis
-from core.registry import resolve_model_dir
-from core.trees import compile_in_child
+from core.infra.embedded_redis import EmbeddedRedis
+from core.model.registry import resolve_model_dir
+from core.model.trees import compile_in_child
 from tests.support import Receiver, free_port, running_platform, tripq_env
 
 _databases = itertools.count(1)

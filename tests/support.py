@@ -25,7 +25,7 @@ import uvloop
 
 from bench.loadgen import post_head, read_reply
 from config import Settings
-from core.redis_clients import is_sentinel, sync_client
+from core.infra.redis_clients import is_sentinel, sync_client
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "nyc-tlc"

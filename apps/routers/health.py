@@ -4,9 +4,9 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.deps import JobsDep, SettingsDep
-from core import metrics
 from core.errors import BackendUnavailable
-from core.schemas import HealthReply, ReadyReply, WorkerInfo
+from core.infra import metrics
+from core.online.schemas import HealthReply, ReadyReply, WorkerInfo
 
 router = APIRouter(tags=["health"])
 
@@ -50,5 +50,5 @@ async def ready(response: Response, jobs: JobsDep, settings: SettingsDep) -> Rea
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
 )
 async def read_metrics() -> Response:
-    """Prometheus metrics of every API process behind this port (see core.metrics)."""
+    """Prometheus metrics of every API process behind this port (see core.infra.metrics)."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -32,12 +32,13 @@ from core.errors import (
     Overloaded,
     UnknownJob,
 )
-from core.job_store import JobStore, idempotency_key
-from core.jobs import JobClient, batch_columns
-from core.rollout import version_queue
-from core.schemas import CallbackUrl, JobReply, JobState, TripRequest
-from core.trip_batch import parse_trip_batch
-from core.webhooks import private_literal
+from core.jobs.schemas import CallbackUrl, JobReply, JobState
+from core.jobs.store import JobStore, idempotency_key
+from core.jobs.webhooks import private_literal
+from core.online.client import JobClient, batch_columns
+from core.online.routing import version_queue
+from core.trip.batch_request import parse_trip_batch
+from core.trip.schemas import TripRequest
 
 router = APIRouter(prefix="/v1/trip/jobs", tags=["jobs"])
 
@@ -213,8 +214,7 @@ async def read_job(job_id: str, request: Request) -> Response:
     view = await _job_store(request).read(job_id)
     if view is None:
         raise UnknownJob(f"job {job_id}: not found (unknown, or removed after it ended)")
-    final = view["state"] in {JobState.SUCCEEDED, JobState.FAILED, JobState.EXPIRED}
-    headers = {} if final else {"Retry-After": str(RETRY_AFTER_S)}
+    headers = {} if JobState(view["state"]).final else {"Retry-After": str(RETRY_AFTER_S)}
     return Response(orjson.dumps(_reply(view)), headers=headers, media_type="application/json")
 
 

@@ -19,10 +19,10 @@ from apps.checks import MODEL_VERSION_HEADER, check_client, deadline
 from apps.errors import ASYNC_RESPONSE, ERROR_RESPONSES
 from apps.routers.jobs import accept_job, async_preference
 from core.errors import DeadlineExceeded, ReplyCode, TripqError
-from core.jobs import JobClient
-from core.limits import Admission
-from core.schemas import BatchReply, TripReply, TripRequest
-from core.trip_batch import merge_replies, parse_trip_batch
+from core.online.admission import Admission
+from core.online.client import JobClient
+from core.trip.batch_request import merge_replies, parse_trip_batch
+from core.trip.schemas import BatchReply, TripReply, TripRequest
 
 router = APIRouter(prefix="/v1/trip", tags=["trip"])
 

@@ -3,10 +3,10 @@
 `run_job` comes from the jobs queue (JOB_QUEUE), apart from the online queue, so a backlog of
 jobs never delays a synchronous request's micro-batch. Like every tripq task it is acknowledged
 after it ran: a worker killed mid-job leaves the message unacknowledged, and it goes back to the
-queue (tasks.worker) to run again; a job that already ended is not run twice (core.job_store).
+queue (tasks.worker) to run again; a job that already ended is not run twice (core.jobs.store).
 
 Webhooks are delivered by every worker from one shared schedule in Redis: due deliveries are
-taken with a lease, POSTed signed (core.webhooks), and retried with doubling waits until the
+taken with a lease, POSTed signed (core.jobs.webhooks), and retried with doubling waits until the
 receiver answers 2xx or WEBHOOK_MAX_ATTEMPTS is reached. Delivery is at least once: a receiver
 dedupes by the X-Tripq-Delivery header's job id.
 """
@@ -23,10 +23,11 @@ from celery.signals import worker_ready
 from loguru import logger
 
 from core.errors import TripqError
-from core.job_store import RUN_JOB_TASK, JobRunner, WebhookQueue
-from core.schemas import JobState, TripColumns
-from core.trip_batch import merge_replies
-from core.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, private_destination, sign
+from core.jobs.schemas import JobState
+from core.jobs.store import RUN_JOB_TASK, JobRunner, WebhookQueue
+from core.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, private_destination, sign
+from core.trip.batch_request import merge_replies
+from core.trip.schemas import TripColumns
 from tasks.app import app, settings
 from tasks.worker import broker_client, model_shelf, stopping
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from loguru import logger
 
-from core import tracing
-from core.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
+from core.infra import tracing
+from core.trip.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
 from tasks import metrics as worker_metrics
 from tasks.app import app
 from tasks.worker import model_shelf

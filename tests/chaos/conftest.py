@@ -18,9 +18,9 @@ import redis
 from _pytest.terminal import TerminalReporter
 
 from config import PROJECT_ROOT
-from core.model import TripModel, load_model
-from core.redis_server import EmbeddedRedis
-from core.registry import resolve_model_dir
+from core.infra.embedded_redis import EmbeddedRedis
+from core.model.artifact import TripModel, load_model
+from core.model.registry import resolve_model_dir
 from tests.support import Outcome, free_port, tripq_env
 
 FULL = os.environ.get("CHAOS_FULL", "") not in ("", "0")

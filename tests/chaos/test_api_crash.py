@@ -19,8 +19,8 @@ import psutil
 import pytest
 import redis
 
-from core.jobs import CLIENT_NAME
-from core.redis_server import EmbeddedRedis
+from core.infra.embedded_redis import EmbeddedRedis
+from core.online.client import CLIENT_NAME
 from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
 from tests.support import (
     Load,

@@ -1,6 +1,6 @@
 """An accepted async job is not lost: not to a worker killed mid-run, nor to a Redis restart.
 
-A job's hash and its task message are written together (core.job_store); a worker SIGKILLed
+A job's hash and its task message are written together (core.jobs.store); a worker SIGKILLed
 while running the job leaves the message unacknowledged, and another worker runs the job again
 once the visibility timeout has passed. With Redis's append-only file, a job accepted before a
 restart is still there after it, and runs. A job no worker starts in time expires, never runs.
@@ -22,9 +22,10 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
-from core.job_store import FINAL_STATES, JobStore, job_key
-from core.model import TripModel
-from core.redis_server import EmbeddedRedis
+from core.infra.embedded_redis import EmbeddedRedis
+from core.jobs.schemas import JobState
+from core.jobs.store import JobStore, job_key
+from core.model.artifact import TripModel
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
 from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, short_deadline_env
@@ -119,7 +120,7 @@ def test_job_held_by_a_sigkilled_worker_is_run_again_by_another_worker(
         (second,) = start_workers(env, log_dir, [2])
         processes.callback(second.stop)
         wait_until(
-            lambda: job_field(flushed_db, job_id, "state") in FINAL_STATES,
+            lambda: JobState(job_field(flushed_db, job_id, "state") or "queued").final,
             PUT_BACK_WITHIN_S + RUN_WITHIN_S,
             "the second worker to run the job",
         )

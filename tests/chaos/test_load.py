@@ -20,7 +20,7 @@ import httpx
 import redis
 
 from config import Settings
-from core.redis_server import EmbeddedRedis
+from core.infra.embedded_redis import EmbeddedRedis
 from tests.chaos.conftest import Scale
 from tests.support import (
     Load,

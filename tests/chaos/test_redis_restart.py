@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from config import Settings
-from core.redis_server import EmbeddedRedis
+from core.infra.embedded_redis import EmbeddedRedis
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
 from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env

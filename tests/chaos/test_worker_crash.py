@@ -21,8 +21,8 @@ import orjson
 import redis
 
 from config import Settings
-from core import protocol
-from core.jobs import PREDICT_BATCH_TASK
+from core.online import protocol
+from core.online.client import PREDICT_BATCH_TASK
 from tasks.app import visibility_timeout_s
 from tasks.worker import RESTORE_EVERY_S
 from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, Scale, short_deadline_env

@@ -1,0 +1,424 @@
+"""Async jobs in Redis: one hash per job, moved through its states by atomic scripts.
+
+    POST /v1/trip/jobs ─ CREATE ─> tripq:job:<id> {state: queued, payload, ...}
+                                   + its task on the jobs queue       (one script: both or none)
+    worker ─ CLAIM ──> running ─ predict ─ CONCLUDE ─> succeeded | failed
+    DELETE ─ CANCEL ─> canceled            (queued only)
+    a read or a claim past expires_at ───> expired   (never started in time)
+    ... past started_at + run timeout ───> failed    (its worker and its task were lost)
+                     concluded, with a callback_url ─> tripq:webhooks (see tasks.trip.jobs)
+
+Every transition is one Lua script, so a job never has two states at once: a cancel and a claim
+racing for one queued job see each other's outcome, and a job and its task message are written
+together or not at all. A concluded job stays readable for JOB_RESULT_TTL_S, then its key expires
+and its id answers 404. With Redis's append-only file on, an accepted job survives a Redis
+restart, and its task, taken by a worker that dies, goes back to the queue (tasks.worker).
+
+The API (asyncio) and the workers (gevent, blocking client) share the scripts and the keys here.
+"""
+
+import hashlib
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from config import Settings
+from core.jobs.schemas import JobState
+from core.online import protocol
+
+RUN_JOB_TASK = "tasks.trip.jobs.run_job"
+
+JOB_KEY_PREFIX = "tripq:job:"
+IDEMPOTENCY_KEY_PREFIX = "tripq:job-key:"
+WEBHOOKS_KEY = "tripq:webhooks"  # sorted set: job id -> when its next delivery is due
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+# The fields a reader sees; the payload (the trips) stays in Redis for the worker.
+VIEW_FIELDS = (
+    "state",
+    "trips",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "kept_until",
+    "model_version",
+    "result",
+    "error",
+    "callback_url",
+    "callback_state",
+    "callback_attempts",
+    "callback_error",
+)
+
+# Lua shared by the scripts: end a job in `state` and keep it `ttl` seconds; a job with a callback
+# is queued for delivery, except when its own client canceled it.
+_CONCLUDE = """
+local function conclude(key, id, state, now, ttl, webhooks)
+  redis.call('HSET', key, 'state', state, 'finished_at', now, 'kept_until', now + ttl)
+  redis.call('EXPIRE', key, ttl)
+  if state ~= 'canceled' and redis.call('HEXISTS', key, 'callback_url') == 1 then
+    redis.call('HSET', key, 'callback_state', 'pending')
+    redis.call('ZADD', webhooks, now, id)
+  end
+end
+local function expire_if_due(key, id, now, ttl, webhooks, run_timeout)
+  local state = redis.call('HGET', key, 'state')
+  if state == 'queued' and tonumber(redis.call('HGET', key, 'expires_at')) <= now then
+    conclude(key, id, 'expired', now, ttl, webhooks)
+    return 'expired'
+  end
+  local started = tonumber(redis.call('HGET', key, 'started_at'))
+  if state == 'running' and started + run_timeout <= now then
+    redis.call('HSET', key, 'error', 'the worker running the job was lost, and its task with it')
+    conclude(key, id, 'failed', now, ttl, webhooks)
+    return 'failed'
+  end
+  return state
+end
+"""
+
+# KEYS: job, idempotency key or '', jobs queue, webhooks.
+# ARGV: id, max queued, ttl, message, body hash, then the job's fields as name, value pairs.
+# Returns {id, body hash} of the job (an existing one for a known idempotency key), or {'full'}.
+_CREATE = """
+if KEYS[2] ~= '' then
+  local known = redis.call('GET', KEYS[2])
+  if known and redis.call('EXISTS', 'JOB_KEY_PREFIX' .. known) == 1 then
+    return {known, redis.call('HGET', 'JOB_KEY_PREFIX' .. known, 'body_sha')}
+  end
+end
+if redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[2]) then
+  return {'full'}
+end
+redis.call('HSET', KEYS[1], 'body_sha', ARGV[5], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if KEYS[2] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('LPUSH', KEYS[3], ARGV[4])
+return {ARGV[1], ARGV[5]}
+""".replace("JOB_KEY_PREFIX", JOB_KEY_PREFIX)
+
+# The arguments of READ, CANCEL and CLAIM. KEYS: job, webhooks. ARGV: id, now, ttl, run timeout.
+_JOB_ARGS = """
+local id, now, ttl, run_timeout = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+"""
+
+# Returns the view fields, or {} for no such job.
+_READ = (
+    _CONCLUDE
+    + _JOB_ARGS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {}
+end
+expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout)
+return redis.call('HMGET', KEYS[1], VIEW_FIELDS)
+""".replace("VIEW_FIELDS", ", ".join(f"'{name}'" for name in VIEW_FIELDS))
+)
+
+# Returns the state the job is in after the call.
+_CANCEL = (
+    _CONCLUDE
+    + _JOB_ARGS
+    + """
+local state = expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout)
+if state == 'queued' then
+  conclude(KEYS[1], id, 'canceled', now, ttl, KEYS[2])
+  return 'canceled'
+end
+return state or false
+"""
+)
+
+# Returns {'running', payload, version} when this worker should run the job (a job whose worker
+# died is running already, and runs again), else {state}.
+_CLAIM = (
+    _CONCLUDE
+    + _JOB_ARGS
+    + """
+local state = expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout)
+if state ~= 'queued' and state ~= 'running' then
+  return {state or 'missing'}
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', now)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local fields = redis.call('HMGET', KEYS[1], 'payload', 'pinned_version')
+return {'running', fields[1], fields[2] or ''}
+"""
+)
+
+# KEYS: job, webhooks. ARGV: id, now, ttl, state, result, error, model version.
+_FINISH = (
+    _CONCLUDE
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'result', ARGV[5], 'error', ARGV[6], 'model_version', ARGV[7])
+conclude(KEYS[1], ARGV[1], ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[2])
+return 1
+"""
+)
+
+
+def job_key(job_id: str) -> str:
+    """Name the hash that holds a job."""
+    return JOB_KEY_PREFIX + job_id
+
+
+def new_job_id() -> str:
+    """Make a job id: 32 hex digits, unguessable."""
+    return uuid.uuid4().hex
+
+
+def idempotency_key(scope: str, key: str) -> str:
+    """Name the key that maps a client's Idempotency-Key (within its API key's scope) to a job."""
+    digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+    return IDEMPOTENCY_KEY_PREFIX + digest
+
+
+def iso(epoch: str | float | None) -> str | None:
+    """Write an epoch time as ISO 8601 in UTC."""
+    if epoch in (None, ""):
+        return None
+    return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="milliseconds")
+
+
+def _job_args(job_id: str, result_ttl_s: int, run_timeout_s: float) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of READ, CANCEL and CLAIM for one job, now."""
+    return [job_key(job_id), WEBHOOKS_KEY], [job_id, time.time(), result_ttl_s, run_timeout_s]
+
+
+def _view_fields(values: list[Any]) -> dict[str, str]:
+    """Name the values read for VIEW_FIELDS, leaving out those the job does not have."""
+    if not values:
+        return {}
+    return {n: v.decode() for n, v in zip(VIEW_FIELDS, values, strict=True) if v is not None}
+
+
+def job_view(job_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """Describe a job as its readers see it (GET /v1/trip/jobs/{id}, and webhook bodies)."""
+    view: dict[str, Any] = {
+        "job_id": job_id,
+        "state": fields["state"],
+        "trips": int(fields.get("trips") or 0),
+        "created_at": iso(fields.get("created_at")),
+        "started_at": iso(fields.get("started_at")),
+        "finished_at": iso(fields.get("finished_at")),
+    }
+    if JobState(fields["state"]).final:
+        view["kept_until"] = iso(fields.get("kept_until"))
+    else:
+        view["expires_at"] = iso(fields.get("expires_at"))
+    if fields.get("result"):
+        view["result"] = orjson.loads(fields["result"])
+    if fields.get("error"):
+        view["error"] = fields["error"]
+    if fields.get("callback_url"):
+        view["callback"] = {
+            "url": fields["callback_url"],
+            "state": fields.get("callback_state") or "waiting",
+            "attempts": int(fields.get("callback_attempts") or 0),
+            "error": fields.get("callback_error") or None,
+        }
+    return view
+
+
+class JobStore:
+    """The API's side of the jobs: create, read and cancel them (asyncio)."""
+
+    def __init__(self, client: AsyncRedis, settings: Settings, *, origin: str) -> None:
+        self._client = client
+        self._queue = settings.job_queue
+        self._queue_timeout_s = settings.job_queue_timeout_s
+        self._result_ttl_s = settings.job_result_ttl_s
+        self._run_timeout_s = settings.job_run_timeout_s
+        self._max_queued = settings.jobs_max_queued
+        self._origin = origin
+        self._create = client.register_script(_CREATE)
+        self._read = client.register_script(_READ)
+        self._cancel = client.register_script(_CANCEL)
+
+    async def create(
+        self,
+        *,
+        payload: dict[str, Any],
+        trips: int,
+        body_sha: str,
+        idempotency: str | None,
+        callback_url: str | None,
+        version: str | None,
+        job_queue: str | None = None,
+    ) -> tuple[str, str] | None:
+        """Accept a job and queue its task; return (job id, body hash), or None when too many
+        jobs wait already. With an `idempotency` key already used, the job it names is returned
+        instead, with the hash of the body that created it."""
+        job_id = new_job_id()
+        now = time.time()
+        fields: dict[str, str | float | int] = {
+            "state": JobState.QUEUED,
+            "trips": trips,
+            "payload": orjson.dumps(payload).decode(),
+            "created_at": now,
+            "expires_at": now + self._queue_timeout_s,
+        }
+        if callback_url:
+            fields["callback_url"] = callback_url
+        if version:
+            fields["pinned_version"] = version
+        queue = job_queue or self._queue
+        message = protocol.encode_task(
+            task_id=f"job-{job_id}",
+            task_name=RUN_JOB_TASK,
+            queue=queue,
+            args=[job_id],
+            kwargs={"sent_at": now},
+            expires=None,
+            origin=self._origin,
+            ignore_result=True,
+        )
+        ttl = int(self._queue_timeout_s) + self._result_ttl_s
+        flat = [str(x) for pair in fields.items() for x in pair]
+        answer = await self._create(
+            keys=[job_key(job_id), idempotency or "", queue, WEBHOOKS_KEY],
+            args=[job_id, self._max_queued, ttl, message, body_sha, *flat],
+        )
+        if answer[0] == b"full":
+            return None
+        return answer[0].decode(), answer[1].decode()
+
+    async def read(self, job_id: str) -> dict[str, Any] | None:
+        """Give a job's view, or None when no such job is kept."""
+        if not JOB_ID.fullmatch(job_id):
+            return None
+        values = await self._read(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+        fields = _view_fields(values or [])
+        return job_view(job_id, fields) if "state" in fields else None
+
+    async def cancel(self, job_id: str) -> str | None:
+        """Cancel a job not yet started; return the state it is in afterwards (None: unknown)."""
+        if not JOB_ID.fullmatch(job_id):
+            return None
+        state = await self._cancel(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+        return state.decode() if state else None
+
+
+class JobRunner:
+    """The workers' side of the jobs: claim one, and record how it ended (blocking client)."""
+
+    def __init__(self, client: redis.Redis, *, result_ttl_s: int, run_timeout_s: float) -> None:
+        self._result_ttl_s = result_ttl_s
+        self._run_timeout_s = run_timeout_s
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+
+    def claim(self, job_id: str) -> tuple[dict[str, Any], str | None] | str:
+        """Start a job: its payload and pinned version, or the state that keeps it from running."""
+        answer = self._claim(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+        if answer[0] != b"running":
+            return str(answer[0].decode())
+        version = answer[2].decode() or None
+        return orjson.loads(answer[1]), version
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str = "",
+        model_version: str = "",
+    ) -> bool:
+        """Record a running job's end; False when it was not running (nothing written)."""
+        done = self._finish(
+            keys=[job_key(job_id), WEBHOOKS_KEY],
+            args=[
+                job_id,
+                time.time(),
+                self._result_ttl_s,
+                state,
+                orjson.dumps(result).decode() if result is not None else "",
+                error,
+                model_version,
+            ],
+        )
+        return bool(done)
+
+
+# KEYS: webhooks. ARGV: now, lease, most. Takes up to `most` deliveries that are due, and makes
+# each due again `lease` seconds later: a worker that dies while delivering leaves it to another.
+_TAKE_DELIVERIES = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+end
+return due
+"""
+
+
+# KEYS: job, webhooks. ARGV: id, callback state, attempt, error, when due again (if pending).
+# A job removed meanwhile (its result expired) is not written back as a stray hash.
+_RECORD_DELIVERY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'callback_state', ARGV[2], 'callback_attempts', ARGV[3],
+           'callback_error', ARGV[4])
+if ARGV[2] == 'pending' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+
+class WebhookQueue:
+    """The deliveries that are due, shared by every worker (blocking client)."""
+
+    def __init__(self, client: redis.Redis, *, max_attempts: int) -> None:
+        self._client = client
+        self._max_attempts = max_attempts
+        self._take = client.register_script(_TAKE_DELIVERIES)
+        self._record = client.register_script(_RECORD_DELIVERY)
+
+    def take(self, lease_s: float, most: int) -> list[str]:
+        """Take the ids of up to `most` jobs whose webhook is due, for `lease_s` seconds."""
+        due = self._take(keys=[WEBHOOKS_KEY], args=[time.time(), lease_s, most])
+        return [job_id.decode() for job_id in due]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """Give the view of the job to deliver, or None (and drop the delivery) when it is gone."""
+        fields = _view_fields(self._client.hmget(job_key(job_id), VIEW_FIELDS))
+        if "state" not in fields or "callback_url" not in fields:
+            self._client.zrem(WEBHOOKS_KEY, job_id)
+            return None
+        return job_view(job_id, fields)
+
+    def record(
+        self, job_id: str, attempt: int, error: str, retry_in_s: float, *, final: bool = False
+    ) -> str:
+        """Record delivery `attempt` ('' error: delivered; `final`: no retry); return the
+        callback's state now."""
+        if not error:
+            state = "delivered"
+        elif final or attempt >= self._max_attempts:
+            state = "failed"
+        else:
+            state = "pending"
+        self._record(
+            keys=[job_key(job_id), WEBHOOKS_KEY],
+            args=[job_id, state, attempt, error, time.time() + retry_in_s],
+        )
+        return state

@@ -1,0 +1,473 @@
+"""The trip-duration model: its features, its safe loading and saving, its predictions.
+
+An artifact is trusted only after three checks, in this order: its bytes hash to the sha256 its
+card records (before anything is deserialized), skops finds only allow-listed types in it, and what
+loads is exactly the pipeline we train. A smoke prediction then proves it answers.
+"""
+
+import hashlib
+import io
+import math
+import os
+import platform
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import skops.io as sio
+from numpy.typing import NDArray
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import Pipeline
+
+from core.errors import InvalidArtifact, ModelError
+from core.model.features import TripFeatures
+from core.model.registry import (
+    ARTIFACT_FILE,
+    CARD_FILE,
+    MODEL_KINDS,
+    DataFile,
+    ModelCard,
+    check_version_name,
+    read_card,
+    read_model_file,
+)
+from core.model.trees import (
+    COMPILED,
+    CompiledEvaluator,
+    Evaluator,
+    PickupAwareRegressor,
+    SklearnEvaluator,
+    probe_rows,
+    verify,
+)
+from core.trip.pickup import wall_clock_seconds
+
+# The fields of a trip the model reads; a card lists them so callers know the model's input.
+# A model that reads the pickup time answers trips without one too (core.model.trees).
+FEATURES = ("PULocationID", "DOLocationID", "trip_distance")
+PICKUP_FEATURE = "pickup_datetime"
+FEATURE_SETS = (FEATURES, (*FEATURES, PICKUP_FEATURE))
+
+# The recipes (core.model.registry.MODEL_KINDS), each a fixed pipeline shape.
+PIPELINE_STEPS: dict[str, tuple[type, ...]] = {
+    "gbm": (TripFeatures, PickupAwareRegressor),
+    "baseline": (DictVectorizer, LinearRegression),
+}
+# The evaluator of a baseline: its compiled linear scorer (LinearScorer).
+LINEAR = "linear"
+if tuple(PIPELINE_STEPS) != MODEL_KINDS:
+    raise RuntimeError("core.model.registry.MODEL_KINDS must name every recipe of PIPELINE_STEPS")
+
+# The only types a model artifact may hold beyond skops' own defaults: the pipelines above and
+# what they are made of (names, since several are private to scikit-learn).
+TRUSTED_TYPES: tuple[type, ...] = (
+    Pipeline,
+    HistGradientBoostingRegressor,
+    np.float64,
+    np.ndarray,
+    *(step for steps in PIPELINE_STEPS.values() for step in steps),
+)
+TRUSTED_TYPE_NAMES = (
+    "core.model.features._Means",
+    "numpy.int64",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+
+_LIBRARIES = ("scikit-learn", "skops", "numpy", "pandas")
+
+Features = dict[str, str | float]
+
+
+class TripLike(Protocol):
+    """Anything with a trip's three model inputs, e.g. `core.trip.schemas.TripRequest`."""
+
+    # Named as in the TLC files and the request contract, hence not snake_case.
+    @property
+    def PULocationID(self) -> int: ...
+
+    @property
+    def DOLocationID(self) -> int: ...
+
+    @property
+    def trip_distance(self) -> float: ...
+
+    @property
+    def pickup_datetime(self) -> datetime | None: ...
+
+
+def trip_features(pu: int | str, do: int | str, distance: float) -> Features:
+    """Return the model's input for one trip; training and serving both call this."""
+    # TLC files hold zone ids as int or str depending on the year; f-strings agree on both.
+    return {"PU_DO": f"{pu}_{do}", "trip_distance": float(distance)}
+
+
+# The example trip of the API's docs, as columns, without and with a pickup time; every loaded
+# model must answer both with a finite number.
+_SMOKE_TRIPS = (([130], [250], [3.0], None), ([130], [250], [3.0], [1_612_530_000.0]))
+
+
+class LinearScorer:
+    """The baseline pipeline, compiled: one weight per zone pair, one for distance, an intercept.
+
+    DictVectorizer one-hot encodes `PU_DO` and passes `trip_distance` through, so the linear model
+    reads exactly two features of a trip and its prediction is
+    `intercept + weight[PU_DO] + weight_distance * trip_distance` (a pair it never saw weighs 0).
+    Computing that directly gives the pipeline's answers (to rounding) at a few hundred
+    nanoseconds a trip instead of DictVectorizer's tens of microseconds.
+    """
+
+    def __init__(self, vectorizer: DictVectorizer, regression: LinearRegression) -> None:
+        coef = np.asarray(regression.coef_, dtype=np.float64).ravel()
+        prefix = f"PU_DO{vectorizer.separator}"
+        self.pair_weights: dict[str, float] = {
+            name[len(prefix) :]: float(coef[index])
+            for name, index in vectorizer.vocabulary_.items()
+            if name.startswith(prefix)
+        }
+        index = vectorizer.vocabulary_.get("trip_distance")
+        self.distance_weight = 0.0 if index is None else float(coef[index])
+        self.intercept = float(np.asarray(regression.intercept_).ravel()[0])
+
+    def predict(
+        self, pu: Sequence[int | str], do: Sequence[int | str], distance: Sequence[float]
+    ) -> list[float]:
+        """Predict minutes for trips given as columns."""
+        weights, slope, intercept = self.pair_weights, self.distance_weight, self.intercept
+        return [
+            intercept + weights.get(f"{p}_{d}", 0.0) + slope * x
+            for p, d, x in zip(pu, do, distance, strict=True)
+        ]
+
+
+class TripModel:
+    """A fitted pipeline, the card that describes it, and the evaluator that runs it."""
+
+    def __init__(self, pipeline: Pipeline, card: ModelCard) -> None:
+        self._pipeline = pipeline
+        self._card = card
+        self._scorer: LinearScorer | None = None
+        self._features: TripFeatures | None = None
+        self._regressor: PickupAwareRegressor | None = None
+        self._evaluator: Evaluator | None = None
+        first, last = (step for _, step in pipeline.steps)
+        if card.kind == "baseline":
+            self._scorer = LinearScorer(first, last)
+        else:
+            self._features, self._regressor = first, last
+            self._evaluator = SklearnEvaluator(last)
+
+    @property
+    def version(self) -> str:
+        """The model's version, as its card names it."""
+        return self._card.version
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The fitted scikit-learn pipeline."""
+        return self._pipeline
+
+    @property
+    def card(self) -> ModelCard:
+        """The model's card."""
+        return self._card
+
+    @property
+    def regressor(self) -> PickupAwareRegressor | None:
+        """The boosted trees of a gbm; None for a baseline."""
+        return self._regressor
+
+    @property
+    def evaluator(self) -> str:
+        """Name what computes the answers: `compiled` or `scikit-learn` trees, or `linear`."""
+        return LINEAR if self._evaluator is None else self._evaluator.name
+
+    def use_compiled(self, libraries: dict[str, Path]) -> None:
+        """Serve from compiled libraries of this model's trees, once they give its answers."""
+        if self._regressor is None or self._evaluator is None:
+            raise ModelError(f"model {self.version} has no trees to compile")
+        if self._evaluator.name == COMPILED:
+            return
+        compiled = CompiledEvaluator(libraries, batch=self._evaluator)
+        verify(compiled, self._evaluator, probe_rows(self._regressor))
+        self._evaluator = compiled
+
+    def predict_trips(self, trips: Sequence[TripLike]) -> list[float]:
+        """Predict the duration in minutes of each trip, vectorized over the whole batch."""
+        times = [t.pickup_datetime for t in trips]
+        return self.predict_columns(
+            [t.PULocationID for t in trips],
+            [t.DOLocationID for t in trips],
+            [t.trip_distance for t in trips],
+            None
+            if all(time is None for time in times)
+            else [None if time is None else wall_clock_seconds(time) for time in times],
+        )
+
+    def predict_columns(
+        self,
+        pu: Sequence[int | str],
+        do: Sequence[int | str],
+        distance: Sequence[float],
+        pickup: Sequence[float | None] | None = None,
+    ) -> list[float]:
+        """Predict minutes for trips given as columns (zone ids as int or str), in one call.
+
+        `pickup`: each trip's pickup time as New York wall-clock seconds since 1970 (None where
+        a trip has none; core.trip.pickup), or None for no times at all.
+        """
+        if not pu:
+            return []
+        # The models only read their fitted state, so concurrent calls from several inference
+        # threads are safe without a lock.
+        if self._scorer is not None:
+            return self._scorer.predict(pu, do, distance)
+        assert self._evaluator is not None
+        features = self.feature_matrix(pu, do, distance, pickup)
+        predicted: list[float] = self._evaluator.predict(features).tolist()
+        return predicted
+
+    def feature_matrix(
+        self,
+        pu: Sequence[int | str],
+        do: Sequence[int | str],
+        distance: Sequence[float],
+        pickup: Sequence[float | None] | None = None,
+    ) -> NDArray[np.float64]:
+        """Return what a gbm's trees read for these trips (see predict_columns)."""
+        if self._features is None:
+            raise ModelError(f"model {self.version} is no gbm: it has no feature matrix")
+        matrix: NDArray[np.float64] = self._features.transform(
+            _trip_matrix(pu, do, distance, pickup)
+        )
+        return matrix
+
+
+def _trip_matrix(
+    pu: Sequence[int | str],
+    do: Sequence[int | str],
+    distance: Sequence[float],
+    pickup: Sequence[float | None] | None,
+) -> NDArray[np.float64] | NDArray[np.object_]:
+    """Lay trips out as the rows TripFeatures reads: numbers when they are, objects otherwise."""
+    times: Sequence[float | None] = [None] * len(pu) if pickup is None else pickup
+    try:
+        trips = np.empty((len(pu), 4), dtype=np.float64)
+        trips[:, 0], trips[:, 1], trips[:, 2] = pu, do, distance
+        trips[:, 3] = np.asarray(times, dtype=np.float64)
+        return trips
+    except (TypeError, ValueError):  # text that is no number: the features' cleaning decides
+        rows = np.empty((len(pu), 4), dtype=object)
+        rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = pu, do, distance, times
+        return rows
+
+
+def library_versions() -> dict[str, str]:
+    """Return the versions of python and the libraries an artifact depends on."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = package_version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+_GBM_COMMON: dict[str, Any] = {
+    "min_samples_leaf": 50,
+    "l2_regularization": 1.0,
+    "max_features": 0.8,
+    "early_stopping": False,
+    "random_state": 0,
+}
+
+
+def build_pipeline(kind: str, boroughs: tuple[int, ...] = ()) -> Pipeline:
+    """Return an unfitted pipeline of the given kind (`boroughs`: see core.model.features)."""
+    if kind == "baseline":
+        # The MLOps Zoomcamp baseline, unchanged, so its validation RMSE (7.7587) stays comparable.
+        return Pipeline([("vectorizer", DictVectorizer()), ("regressor", LinearRegression())])
+    if kind == "gbm":
+        # Shapes chosen by cross-validation within the training months (2021-01 and 2023-01),
+        # never on a validation month: bench/model_experiments.py, README "The model".
+        untimed = HistGradientBoostingRegressor(
+            learning_rate=0.05, max_iter=300, max_leaf_nodes=63, **_GBM_COMMON
+        )
+        timed = HistGradientBoostingRegressor(
+            learning_rate=0.1, max_iter=150, max_leaf_nodes=127, **_GBM_COMMON
+        )
+        features = TripFeatures(boroughs=boroughs, pickup_time=True)
+        regressor = PickupAwareRegressor(untimed=untimed, timed=timed)
+        return Pipeline([("features", features), ("regressor", regressor)])
+    raise ModelError(f"unknown model kind {kind!r}; known kinds: {', '.join(PIPELINE_STEPS)}")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a sibling temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        # mkstemp makes owner-only files; artifacts are read by workers running as other users.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    pipeline: Pipeline,
+    model_dir: Path,
+    *,
+    kind: str,
+    train_files: list[DataFile],
+    valid_files: list[DataFile],
+    metrics: dict[str, float],
+    version: str | None = None,
+) -> ModelCard:
+    """Write model.skops, then card.json with the artifact's sha256; return the card."""
+    # Deflate shrinks the baseline's 13 MB of JSON (one node per PU_DO pair) to about 0.4 MB.
+    data = sio.dumps(pipeline, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+    card = ModelCard(
+        version=check_version_name(version or model_dir.resolve().name),
+        kind=kind,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        train_files=train_files,
+        valid_files=valid_files,
+        train_rows=sum(f.rows for f in train_files),
+        valid_rows=sum(f.rows for f in valid_files),
+        metrics=metrics,
+        features=list(FEATURE_SETS[1] if kind == "gbm" else FEATURES),
+        libraries=library_versions(),
+        artifact=ARTIFACT_FILE,
+        artifact_sha256=_sha256(data),
+    )
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # Artifact first, card last: a reader never finds a card without its artifact, and one
+        # that reads mid-overwrite finds a hash mismatch and refuses rather than a wrong model.
+        _write_atomically(model_dir / ARTIFACT_FILE, data)
+        _write_atomically(model_dir / CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())
+    except OSError as exc:
+        raise ModelError(f"cannot write model to {model_dir}: {exc.strerror or exc}") from exc
+    return card
+
+
+def _read_artifact(model_dir: Path, card: ModelCard) -> bytes:
+    """Return the artifact's bytes once they match the card's sha256."""
+    if Path(card.artifact).name != card.artifact:
+        raise InvalidArtifact(
+            f"{CARD_FILE} in {model_dir} names a path, not a file: {card.artifact}"
+        )
+    path = model_dir / card.artifact
+    # Hash and load the same bytes, so the file cannot change between check and use.
+    data = read_model_file(path, "model artifact")
+    actual = _sha256(data)
+    if actual != card.artifact_sha256:
+        raise InvalidArtifact(
+            f"{card.artifact} sha256 {actual[:12]}… does not match {CARD_FILE}'s "
+            f"{card.artifact_sha256[:12]}… in {model_dir}"
+        )
+    return data
+
+
+# Where tripq's own types lived before core/ had rooms: artifacts written then name these modules.
+_MOVED_MODULES = {"core.features": "core.model.features", "core.trees": "core.model.trees"}
+
+
+def _with_current_modules(data: bytes) -> bytes:
+    """Return skops bytes whose schema names tripq's types by their current modules.
+
+    The sha256 was checked on the bytes as written; this only renames modules in the schema
+    (skops imports each type by its module's name), so the allow-list below still decides.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        schema = source.read("schema.json").decode()
+        renamed = schema
+        for old, new in _MOVED_MODULES.items():
+            renamed = renamed.replace(f'"__module__": "{old}"', f'"__module__": "{new}"')
+        if renamed == schema:
+            return data
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
+            for item in source.infolist():
+                body = renamed.encode() if item.filename == "schema.json" else source.read(item)
+                target.writestr(item, body)
+    return out.getvalue()
+
+
+def _deserialize(data: bytes, name: str) -> object:
+    """Load an artifact's bytes with skops, allowing only the trusted types."""
+    # skops raises whatever its zip, JSON and object decoders raise on a malformed file; all of
+    # them mean the same thing here, and the original stays attached as the cause.
+    try:
+        data = _with_current_modules(data)
+        untrusted = set(sio.get_untrusted_types(data=data))
+    except Exception as exc:
+        raise InvalidArtifact(f"{name} is not a readable skops file: {exc}") from exc
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in TRUSTED_TYPES}
+    allowed.update(TRUSTED_TYPE_NAMES)
+    refused = sorted(untrusted - allowed)
+    if refused:
+        raise InvalidArtifact(f"{name} holds types outside the allow-list: {', '.join(refused)}")
+    try:
+        loaded = sio.loads(data, trusted=sorted(allowed))
+    except Exception as exc:
+        raise InvalidArtifact(f"{name} is not a readable skops file: {exc}") from exc
+    return loaded
+
+
+def _check_pipeline(loaded: object, kind: str, name: str) -> Pipeline:
+    """Return `loaded` if it is the fitted pipeline shape of `kind`, else raise InvalidArtifact."""
+    if not isinstance(loaded, Pipeline):
+        raise InvalidArtifact(f"{name} holds a {type(loaded).__name__}, not a Pipeline")
+    expected = PIPELINE_STEPS.get(kind)
+    if expected is None:
+        raise InvalidArtifact(f"{name} is of unknown kind {kind!r}")
+    steps = tuple(type(step) for _, step in loaded.steps)
+    if steps != expected:
+        shape, want = (" -> ".join(t.__name__ for t in types) for types in (steps, expected))
+        raise InvalidArtifact(f"{name} holds a {shape} pipeline, not {want} ({kind})")
+    return loaded
+
+
+def _smoke_test(model: TripModel, name: str) -> None:
+    """Predict the example trip and refuse a model whose answer is not a finite number."""
+    for trip in _SMOKE_TRIPS:
+        try:
+            [minutes] = model.predict_columns(*trip)
+        except (AttributeError, ValueError, TypeError, IndexError) as exc:
+            raise InvalidArtifact(f"{name} failed its smoke prediction: {exc}") from exc
+        if not math.isfinite(minutes):
+            raise InvalidArtifact(f"{name} predicts {minutes} minutes for the example trip")
+
+
+def load_model(model_dir: Path) -> TripModel:
+    """Load and verify the model in `model_dir`; refuse anything its card does not vouch for."""
+    card = read_card(model_dir)
+    if tuple(card.features) not in FEATURE_SETS:
+        raise InvalidArtifact(
+            f"{CARD_FILE} in {model_dir} lists features {card.features}, expected "
+            + " or ".join(str(list(f)) for f in FEATURE_SETS)
+        )
+    data = _read_artifact(model_dir, card)
+    where = f"{card.artifact} in {model_dir}"
+    model = TripModel(_check_pipeline(_deserialize(data, where), card.kind, where), card)
+    _smoke_test(model, where)
+    return model

@@ -1,0 +1,73 @@
+"""What the API says about itself and its fleet: `/health`, `/ready` and each live worker."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class HealthReply(BaseModel):
+    """Liveness of one API process."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "tripq", "api_version": "0.1.0", "model_version": "gbm-2021-01-v2"}
+            ]
+        }
+    )
+
+    name: str
+    api_version: str
+    model_version: str = Field(
+        description="The current version: it answers requests that pin none (`tripq models`)."
+    )
+    canary: str | None = Field(default=None, description="A candidate version on trial, if any.")
+    canary_share: float = Field(default=0.0, description="Share of unpinned requests it answers.")
+
+
+class WorkerInfo(BaseModel):
+    """One live worker process, as its last heartbeat described it."""
+
+    name: str
+    model_version: str | None = Field(
+        description="Its current version, which answers unpinned requests; None while loading."
+    )
+    model_versions: list[str] = Field(
+        default_factory=list, description="Every version it holds (current, canary, previous)."
+    )
+    evaluators: dict[str, str] = Field(
+        default_factory=dict,
+        description="What computes each version's answers: `compiled` trees, `scikit-learn` "
+        "trees (a worker that could not compile them), or `linear` (a baseline).",
+    )
+    concurrency: int
+    seen_s_ago: float
+
+
+class ReadyReply(BaseModel):
+    """Whether this API process can answer predictions now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ready": True,
+                    "redis": True,
+                    "workers": [
+                        {
+                            "name": "trip1@worker-7f9c",
+                            "model_version": "gbm-2021-01-t",
+                            "model_versions": ["gbm-2021-01-t"],
+                            "evaluators": {"gbm-2021-01-t": "compiled"},
+                            "concurrency": 32,
+                            "seen_s_ago": 0.8,
+                        }
+                    ],
+                    "model_versions": ["gbm-2021-01-v2"],
+                }
+            ]
+        }
+    )
+
+    ready: bool = Field(description="Redis answers and at least one worker holds a model.")
+    redis: bool
+    workers: list[WorkerInfo]
+    model_versions: list[str] = Field(description="Distinct model versions the live workers hold.")
