@@ -1,4 +1,4 @@
-# One-liners that mirror the README.
+# One-liners that mirror the README and docs/development.md.
 .PHONY: run test lint bench
 run:
 	./boot/up.sh

@@ -36,7 +36,7 @@ SCHEMAS = K8S / "schemas"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
 NAMESPACE = "tripq"
 
-# The oldest Kubernetes the manifests are written for (README), and the newest one known.
+# The oldest Kubernetes the manifests are written for (docs/operating.md), and the newest one known.
 KUBERNETES_VERSIONS = ("1.29", str(kubernetes_validate.latest_version()))
 
 # The tripq Deployments, each with its container and the Dockerfile of its image.
