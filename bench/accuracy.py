@@ -23,9 +23,10 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import KFold
 
 from config import PROJECT_ROOT, get_settings
-from core.model.artifact import build_pipeline
 from core.model.features import COLUMNS, TripFeatures, zone_boroughs
-from core.model.training import evaluate_model, model_input, read_trips, read_zones, train_model
+from core.model.recipes import build_pipeline
+from core.model.tlc import read_trips, read_zones
+from core.model.training import evaluate_model, model_input, train_model
 
 DATA = PROJECT_ROOT.parent / "shared" / "data" / "nyc-tlc"
 OUTPUT = Path(__file__).parent / "results" / "accuracy.json"

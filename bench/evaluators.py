@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from config import PROJECT_ROOT, get_settings
 from core.model.artifact import TripModel, load_model
 from core.model.registry import resolve_model_dir
-from core.model.training import PICKUP_COLUMN, read_trips
+from core.model.tlc import PICKUP_COLUMN, read_trips
 from core.model.trees import (
     CompiledEvaluator,
     Floats,

@@ -45,7 +45,7 @@ def _fail(console: Console, exc: TripqError) -> typer.Exit:
 
 def _data_files(sources: list[str], settings: Settings, report: "Progress") -> list[Path]:
     """Return the paths of trip files given as paths or month specs, fetching months."""
-    from core.model.training import is_month_spec, resolve_data_file
+    from core.model.tlc import is_month_spec, resolve_data_file
 
     paths = []
     for source in sources:
@@ -112,7 +112,8 @@ def train(
     ] = False,
 ) -> None:
     """Train a model from NYC TLC trip files."""
-    from core.model.training import read_zones, train_model
+    from core.model.tlc import read_zones
+    from core.model.training import train_model
 
     settings = get_settings()
     out, err = Console(), Console(stderr=True)

@@ -19,13 +19,12 @@ from rich.progress import (
 
 from config import get_settings
 from core.errors import InvalidTrip, TripqError
+from core.offline.plan import ScoringPlan, plan_scoring
 from core.offline.scoring import (
     DEFAULT_IN_FLIGHT,
     DEFAULT_RETRIES,
     ChunkDone,
-    ScoringPlan,
     ScoringResult,
-    plan_scoring,
     run_scoring,
 )
 

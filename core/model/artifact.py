@@ -1,38 +1,42 @@
-"""The trip-duration model: its features, its safe loading and saving, its predictions.
+"""The trip-duration model: its safe loading and saving, its predictions.
 
 An artifact is trusted only after three checks, in this order: its bytes hash to the sha256 its
 card records (before anything is deserialized), skops finds only allow-listed types in it, and what
 loads is exactly the pipeline we train. A smoke prediction then proves it answers.
+
+A model reads trips as columns, the shape a worker receives them in (core.trip.schemas.TripColumns):
+zone ids and distances go straight to the features (core.model.features.TripFeatures.
+transform_columns) or to the baseline's weights (core.model.recipes.LinearScorer).
 """
 
 import hashlib
 import io
 import math
-import os
-import platform
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import skops.io as sio
 from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.feature_extraction import DictVectorizer
-from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
 from core.errors import InvalidArtifact, ModelError
+from core.infra.files import write_atomically
 from core.model.features import TripFeatures
+from core.model.recipes import (
+    LINEAR,
+    PIPELINE_STEPS,
+    LinearScorer,
+    library_versions,
+)
 from core.model.registry import (
     ARTIFACT_FILE,
     CARD_FILE,
-    MODEL_KINDS,
     DataFile,
     ModelCard,
     check_version_name,
@@ -48,25 +52,17 @@ from core.model.trees import (
     probe_rows,
     verify,
 )
+from core.trip.contract import TRIP_COLUMNS
 from core.trip.pickup import wall_clock_seconds
+from core.trip.schemas import TripColumns
 
 # The fields of a trip the model reads; a card lists them so callers know the model's input.
 # A model that reads the pickup time answers trips without one too (core.model.trees).
-FEATURES = ("PULocationID", "DOLocationID", "trip_distance")
+FEATURES = TRIP_COLUMNS
 PICKUP_FEATURE = "pickup_datetime"
 FEATURE_SETS = (FEATURES, (*FEATURES, PICKUP_FEATURE))
 
-# The recipes (core.model.registry.MODEL_KINDS), each a fixed pipeline shape.
-PIPELINE_STEPS: dict[str, tuple[type, ...]] = {
-    "gbm": (TripFeatures, PickupAwareRegressor),
-    "baseline": (DictVectorizer, LinearRegression),
-}
-# The evaluator of a baseline: its compiled linear scorer (LinearScorer).
-LINEAR = "linear"
-if tuple(PIPELINE_STEPS) != MODEL_KINDS:
-    raise RuntimeError("core.model.registry.MODEL_KINDS must name every recipe of PIPELINE_STEPS")
-
-# The only types a model artifact may hold beyond skops' own defaults: the pipelines above and
+# The only types a model artifact may hold beyond skops' own defaults: the recipes' pipelines and
 # what they are made of (names, since several are private to scikit-learn).
 TRUSTED_TYPES: tuple[type, ...] = (
     Pipeline,
@@ -84,10 +80,6 @@ TRUSTED_TYPE_NAMES = (
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 )
-
-_LIBRARIES = ("scikit-learn", "skops", "numpy", "pandas")
-
-Features = dict[str, str | float]
 
 
 class TripLike(Protocol):
@@ -107,48 +99,9 @@ class TripLike(Protocol):
     def pickup_datetime(self) -> datetime | None: ...
 
 
-def trip_features(pu: int | str, do: int | str, distance: float) -> Features:
-    """Return the model's input for one trip; training and serving both call this."""
-    # TLC files hold zone ids as int or str depending on the year; f-strings agree on both.
-    return {"PU_DO": f"{pu}_{do}", "trip_distance": float(distance)}
-
-
 # The example trip of the API's docs, as columns, without and with a pickup time; every loaded
 # model must answer both with a finite number.
 _SMOKE_TRIPS = (([130], [250], [3.0], None), ([130], [250], [3.0], [1_612_530_000.0]))
-
-
-class LinearScorer:
-    """The baseline pipeline, compiled: one weight per zone pair, one for distance, an intercept.
-
-    DictVectorizer one-hot encodes `PU_DO` and passes `trip_distance` through, so the linear model
-    reads exactly two features of a trip and its prediction is
-    `intercept + weight[PU_DO] + weight_distance * trip_distance` (a pair it never saw weighs 0).
-    Computing that directly gives the pipeline's answers (to rounding) at a few hundred
-    nanoseconds a trip instead of DictVectorizer's tens of microseconds.
-    """
-
-    def __init__(self, vectorizer: DictVectorizer, regression: LinearRegression) -> None:
-        coef = np.asarray(regression.coef_, dtype=np.float64).ravel()
-        prefix = f"PU_DO{vectorizer.separator}"
-        self.pair_weights: dict[str, float] = {
-            name[len(prefix) :]: float(coef[index])
-            for name, index in vectorizer.vocabulary_.items()
-            if name.startswith(prefix)
-        }
-        index = vectorizer.vocabulary_.get("trip_distance")
-        self.distance_weight = 0.0 if index is None else float(coef[index])
-        self.intercept = float(np.asarray(regression.intercept_).ravel()[0])
-
-    def predict(
-        self, pu: Sequence[int | str], do: Sequence[int | str], distance: Sequence[float]
-    ) -> list[float]:
-        """Predict minutes for trips given as columns."""
-        weights, slope, intercept = self.pair_weights, self.distance_weight, self.intercept
-        return [
-            intercept + weights.get(f"{p}_{d}", 0.0) + slope * x
-            for p, d, x in zip(pu, do, distance, strict=True)
-        ]
 
 
 class TripModel:
@@ -203,6 +156,12 @@ class TripModel:
         verify(compiled, self._evaluator, probe_rows(self._regressor))
         self._evaluator = compiled
 
+    def predict(self, trips: TripColumns) -> list[float]:
+        """Predict the duration in minutes of trips given as columns, as a worker receives them."""
+        return self.predict_columns(
+            trips.PULocationID, trips.DOLocationID, trips.trip_distance, trips.pickup_wall_clock_s
+        )
+
     def predict_trips(self, trips: Sequence[TripLike]) -> list[float]:
         """Predict the duration in minutes of each trip, vectorized over the whole batch."""
         times = [t.pickup_datetime for t in trips]
@@ -227,7 +186,7 @@ class TripModel:
         `pickup`: each trip's pickup time as New York wall-clock seconds since 1970 (None where
         a trip has none; core.trip.pickup), or None for no times at all.
         """
-        if not pu:
+        if not len(pu):
             return []
         # The models only read their fitted state, so concurrent calls from several inference
         # threads are safe without a lock.
@@ -248,87 +207,25 @@ class TripModel:
         """Return what a gbm's trees read for these trips (see predict_columns)."""
         if self._features is None:
             raise ModelError(f"model {self.version} is no gbm: it has no feature matrix")
-        matrix: NDArray[np.float64] = self._features.transform(
-            _trip_matrix(pu, do, distance, pickup)
+        seconds = None if pickup is None else _floats(pickup)
+        return self._features.transform_columns(
+            _floats(pu), _floats(do), _floats(distance), seconds
         )
-        return matrix
 
 
-def _trip_matrix(
-    pu: Sequence[int | str],
-    do: Sequence[int | str],
-    distance: Sequence[float],
-    pickup: Sequence[float | None] | None,
-) -> NDArray[np.float64] | NDArray[np.object_]:
-    """Lay trips out as the rows TripFeatures reads: numbers when they are, objects otherwise."""
-    times: Sequence[float | None] = [None] * len(pu) if pickup is None else pickup
+def _floats(values: Sequence[object]) -> NDArray[np.float64]:
+    """Return a column as float64: NaN for None, and for text that is no number."""
     try:
-        trips = np.empty((len(pu), 4), dtype=np.float64)
-        trips[:, 0], trips[:, 1], trips[:, 2] = pu, do, distance
-        trips[:, 3] = np.asarray(times, dtype=np.float64)
-        return trips
+        return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):  # text that is no number: the features' cleaning decides
-        rows = np.empty((len(pu), 4), dtype=object)
-        rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = pu, do, distance, times
-        return rows
-
-
-def library_versions() -> dict[str, str]:
-    """Return the versions of python and the libraries an artifact depends on."""
-    versions = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = package_version(name)
-        except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
-_GBM_COMMON: dict[str, Any] = {
-    "min_samples_leaf": 50,
-    "l2_regularization": 1.0,
-    "max_features": 0.8,
-    "early_stopping": False,
-    "random_state": 0,
-}
-
-
-def build_pipeline(kind: str, boroughs: tuple[int, ...] = ()) -> Pipeline:
-    """Return an unfitted pipeline of the given kind (`boroughs`: see core.model.features)."""
-    if kind == "baseline":
-        # The MLOps Zoomcamp baseline, unchanged, so its validation RMSE (7.7587) stays comparable.
-        return Pipeline([("vectorizer", DictVectorizer()), ("regressor", LinearRegression())])
-    if kind == "gbm":
-        # Shapes chosen by cross-validation within the training months (2021-01 and 2023-01),
-        # never on a validation month: bench/model_experiments.py, README "The model".
-        untimed = HistGradientBoostingRegressor(
-            learning_rate=0.05, max_iter=300, max_leaf_nodes=63, **_GBM_COMMON
-        )
-        timed = HistGradientBoostingRegressor(
-            learning_rate=0.1, max_iter=150, max_leaf_nodes=127, **_GBM_COMMON
-        )
-        features = TripFeatures(boroughs=boroughs, pickup_time=True)
-        regressor = PickupAwareRegressor(untimed=untimed, timed=timed)
-        return Pipeline([("features", features), ("regressor", regressor)])
-    raise ModelError(f"unknown model kind {kind!r}; known kinds: {', '.join(PIPELINE_STEPS)}")
+        floats: NDArray[np.float64] = pd.to_numeric(
+            pd.Series(values, dtype=object), errors="coerce"
+        ).to_numpy(np.float64)
+        return floats
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a sibling temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        # mkstemp makes owner-only files; artifacts are read by workers running as other users.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(
@@ -362,8 +259,8 @@ def save_model(
         model_dir.mkdir(parents=True, exist_ok=True)
         # Artifact first, card last: a reader never finds a card without its artifact, and one
         # that reads mid-overwrite finds a hash mismatch and refuses rather than a wrong model.
-        _write_atomically(model_dir / ARTIFACT_FILE, data)
-        _write_atomically(model_dir / CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())
+        write_atomically(model_dir / ARTIFACT_FILE, data)
+        write_atomically(model_dir / CARD_FILE, card.model_dump_json(indent=2) + "\n")
     except OSError as exc:
         raise ModelError(f"cannot write model to {model_dir}: {exc.strerror or exc}") from exc
     return card

@@ -2,7 +2,8 @@
 
     PULocationID, DOLocationID, trip_distance   (as the files or the API give them: int, str, float)
     [pickup time]                               (New York wall-clock seconds; NaN: absent)
-      ─ clean ─> zone ids 1..265 (0: unknown), miles in [0, 100] (NaN: unusable)
+      ─ clean ─> zone ids 1..265 (0: unknown), miles in [0, 100] (NaN: unusable; the limits
+                 are core.trip.contract's ZONE_MIN..ZONE_MAX and TRAIN_MAX_MILES)
       ─ zone statistics ─> per pickup zone, drop-off zone and zone pair: the mean duration and the
                            mean pace (minutes per mile), each shrunk towards the overall mean by
                            how few trips it rests on
@@ -24,8 +25,12 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
-ZONES = 265  # TLC taxi zones are numbered 1..265
-MAX_MILES = 100.0  # longer distances are odometer glitches; they are capped, not trusted
+from core.trip.contract import TRAIN_MAX_MILES, ZONE_MAX, ZONE_MIN
+
+ZONES = ZONE_MAX  # TLC taxi zones are numbered 1..265 (core.trip.contract)
+# Longer distances are odometer glitches; they are capped, not trusted (core.trip.contract says
+# why this is below the 200 miles a request may carry).
+MAX_MILES = TRAIN_MAX_MILES
 MIN_PACE_MILES = 0.5  # pace (minutes per mile) divides by at least this, so short trips stay sane
 MAX_PACE = 60.0
 
@@ -61,9 +66,13 @@ def clean_trips(trips: ArrayLike) -> tuple[Ints, Ints, Floats]:
     if array.dtype == object:  # files: zone ids as text or numbers, gaps as None
         frame = pd.DataFrame(array[:, :3])
         columns = [pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64) for c in range(3)]
-    else:  # the serving path: numbers already, so no pandas on the way (~0.2 ms a call)
+    else:  # numbers already, so no pandas on the way (~0.2 ms a call)
         columns = [array[:, c].astype(np.float64) for c in range(3)]
-    pu, do, miles = columns
+    return clean_columns(*columns)
+
+
+def clean_columns(pu: Floats, do: Floats, miles: Floats) -> tuple[Ints, Ints, Floats]:
+    """Clean trips given as float columns (NaN: missing), as `clean_trips` does its rows."""
     miles = np.where(np.isfinite(miles) & (miles >= 0), np.minimum(miles, MAX_MILES), np.nan)
     return _zone(pu), _zone(do), miles
 
@@ -83,7 +92,9 @@ def pickup_seconds(trips: ArrayLike) -> Floats:
 
 def _zone(numbers: Floats) -> Ints:
     with np.errstate(invalid="ignore"):
-        known = np.isfinite(numbers) & (numbers >= 1) & (numbers <= ZONES) & (numbers % 1 == 0)
+        known = (
+            np.isfinite(numbers) & (numbers >= ZONE_MIN) & (numbers <= ZONES) & (numbers % 1 == 0)
+        )
     return np.where(known, numbers, 0).astype(np.int64)
 
 
@@ -186,23 +197,39 @@ class TripFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             held = fold == k
             minutes_k, pace_k = self._means(pu[~held], do[~held], miles[~held], target[~held])
             out[held] = self._features(pu[held], do[held], miles[held], minutes_k, pace_k)
-        return self._finish(trips, out, pu, do)
+        return self._finish(out, pu, do, self._pickup_seconds(trips))
 
     def transform(self, trips: ArrayLike) -> Floats:
         """Give trips the statistics learned from all training trips."""
         pu, do, miles = clean_trips(trips)
         features = self._features(pu, do, miles, self.minutes_, self.pace_)
-        return self._finish(trips, features, pu, do)
+        return self._finish(features, pu, do, self._pickup_seconds(trips))
+
+    def transform_columns(
+        self, pu: Floats, do: Floats, miles: Floats, seconds: Floats | None
+    ) -> Floats:
+        """`transform` for trips given as float columns (`seconds`: pickup times, NaN: none).
+
+        The serving path: the columns a worker receives, with no row matrix laid out between.
+        """
+        zones_pu, zones_do, distance = clean_columns(pu, do, miles)
+        features = self._features(zones_pu, zones_do, distance, self.minutes_, self.pace_)
+        if seconds is None and self.pickup_time:
+            seconds = np.full(len(distance), np.nan)
+        return self._finish(features, zones_pu, zones_do, seconds)
 
     def get_feature_names_out(self, input_features: Any = None) -> NDArray[np.str_]:
         """Name the output columns."""
         return np.asarray(COLUMNS + TIME_COLUMNS if self.pickup_time else COLUMNS)
 
-    def _finish(self, trips: ArrayLike, features: Floats, pu: Ints, do: Ints) -> Floats:
+    def _pickup_seconds(self, trips: ArrayLike) -> Floats | None:
+        return pickup_seconds(trips) if self.pickup_time else None
+
+    def _finish(self, features: Floats, pu: Ints, do: Ints, seconds: Floats | None) -> Floats:
         """Add the boroughs, and the time columns when the model reads pickup times."""
         columns = [features, self.borough_codes_[pu], self.borough_codes_[do]]
-        if self.pickup_time:
-            columns.append(time_features(pickup_seconds(trips), self.holidays_))
+        if self.pickup_time and seconds is not None:
+            columns.append(time_features(seconds, self.holidays_))
         return np.column_stack(columns)
 
     def _means(self, pu: Ints, do: Ints, miles: Floats, minutes: Floats) -> tuple[_Means, _Means]:

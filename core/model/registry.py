@@ -12,14 +12,13 @@ The API process imports this module to learn the serving version; only workers a
 artifact itself (core.model.artifact), so scikit-learn stays out of the API.
 """
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InvalidArtifact, ModelError
+from core.infra.files import sha256_file as sha256_file  # its home before core.infra.files
+from core.infra.files import write_atomically
 
 # The model recipes (core.model.artifact builds each); named here, where nothing imports
 # scikit-learn, so that the CLI can offer them without loading it. The default is the most accurate.
@@ -29,8 +28,6 @@ DEFAULT_KIND = "gbm"
 CARD_FILE = "card.json"
 ARTIFACT_FILE = "model.skops"
 CURRENT_FILE = "CURRENT"
-
-_CHUNK = 1 << 20
 
 
 class DataFile(BaseModel):
@@ -66,15 +63,6 @@ class ModelCard(BaseModel):
     libraries: dict[str, str] = Field(description="Versions of python and the ML libraries used.")
     artifact: str = Field(default=ARTIFACT_FILE, description="Artifact file name in the directory.")
     artifact_sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_model_file(path: Path, what: str) -> bytes:
@@ -127,18 +115,9 @@ def write_current(artifact_dir: Path, version: str) -> Path:
     path = artifact_dir / CURRENT_FILE
     # Readers may look at CURRENT at any moment: write a sibling and rename it over the old one.
     try:
-        fd, tmp = tempfile.mkstemp(dir=artifact_dir, prefix=f".{CURRENT_FILE}.")
+        write_atomically(path, version + "\n")
     except OSError as exc:
         raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(version + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp's owner-only mode would hide it from other users
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
 from core.model.registry import ModelCard
+from core.trip.contract import DISTANCE
 
 _DISTANCE_BINS = (0, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, math.inf)
 _SAMPLE = 5000  # points drawn in the residual scatter
@@ -73,7 +74,7 @@ def write_report(
         "by_pickup_borough": by_borough,
     }
     _plot_predicted_vs_actual(folder / "predicted_vs_actual.png", actual, predicted)
-    distance = valid["trip_distance"].to_numpy(dtype=np.float64)
+    distance = valid[DISTANCE].to_numpy(dtype=np.float64)
     _plot_residuals(folder / "residuals_vs_distance.png", distance, predicted - actual)
     _plot_boroughs(folder / "error_by_borough.png", by_borough)
     (folder / "report.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

@@ -157,11 +157,5 @@ class ModelShelf:
     ) -> tuple[list[float], str]:
         """Predict durations for trips given as columns with model `version` (None: current)."""
         model = self.get(version)
-        durations = self._offload(
-            model.predict_columns,
-            trips.PULocationID,
-            trips.DOLocationID,
-            trips.trip_distance,
-            trips.pickup_wall_clock_s,
-        )
+        durations = self._offload(model.predict, trips)
         return durations, model.version

@@ -18,10 +18,8 @@ from pydantic import (
 )
 
 from core.errors import ReplyCode
-from core.trip.pickup import FIRST_YEAR, LAST_YEAR, check_year, new_york_time
-
-ZONE_MIN, ZONE_MAX = 1, 265  # TLC taxi zone ids, as in taxi_zone_lookup.csv
-MAX_TRIP_MILES = 200.0  # far beyond any metered NYC trip; larger values are data errors
+from core.trip.contract import FIRST_YEAR, LAST_YEAR, MAX_TRIP_MILES, ZONE_MAX, ZONE_MIN
+from core.trip.pickup import check_year, new_york_time
 
 EXAMPLE_TRIP: dict[str, JsonValue] = {
     "request_id": "99999",
@@ -135,8 +133,8 @@ class TripColumns(BaseModel):
     PULocationID: list[Annotated[int, Field(ge=ZONE_MIN, le=ZONE_MAX)]]
     DOLocationID: list[Annotated[int, Field(ge=ZONE_MIN, le=ZONE_MAX)]]
     trip_distance: list[Annotated[float, Field(ge=0.0, le=MAX_TRIP_MILES, allow_inf_nan=False)]]
-    # Each trip's pickup time as New York wall-clock seconds (core.trip.pickup), None where it has
-    # none; the whole column is absent when no trip has one.
+    # The names are the contract's columns (core.trip.contract). Each trip's pickup time as New York
+    # wall-clock seconds (core.trip.pickup), None where it has none; absent when no trip has one.
     pickup_wall_clock_s: list[Annotated[float, Field(allow_inf_nan=False)] | None] | None = None
 
     @model_validator(mode="after")

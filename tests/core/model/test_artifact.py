@@ -18,7 +18,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from core.errors import InvalidArtifact, ModelError
-from core.model.artifact import load_model, trip_features
+from core.model.artifact import load_model
+from core.model.recipes import trip_features
 from core.model.registry import (
     ARTIFACT_FILE,
     CARD_FILE,
@@ -28,7 +29,8 @@ from core.model.registry import (
     sha256_file,
     write_current,
 )
-from core.model.training import read_trips, train_model
+from core.model.tlc import read_trips
+from core.model.training import train_model
 from core.model.trees import PickupAwareRegressor
 from core.trip.schemas import EXAMPLE_TRIP, TripRequest
 from tests.core.conftest import REPO_ROOT

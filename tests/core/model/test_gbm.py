@@ -12,7 +12,8 @@ import pytest
 from core.model.artifact import load_model
 from core.model.features import COLUMNS, MAX_MILES, TripFeatures, zone_boroughs
 from core.model.registry import read_card
-from core.model.training import evaluate_model, read_zones, train_model
+from core.model.tlc import read_zones
+from core.model.training import evaluate_model, train_model
 from tests.core.conftest import write_zones
 
 MakeTrips = Callable[..., Path]
@@ -67,6 +68,23 @@ def test_the_pipeline_cleans_what_clients_and_files_send(gbm_dir: Path) -> None:
     assert as_ints == as_strings
     assert capped[0] == capped[1]
     assert all(math.isfinite(m) for m in odd)
+
+
+def test_the_model_reads_columns_as_its_pipeline_reads_file_rows(gbm_dir: Path) -> None:
+    model = load_model(gbm_dir)
+    rows = np.array(
+        [
+            [43, 151, 1.5, None],
+            ["130", "250", 3.0, 1_612_530_000.0],
+            ["abc", 151, 1.0, None],
+            [7, 7, 250.0, 1_612_000_000.0],
+        ],
+        dtype=object,
+    )
+
+    columns = model.predict_columns(*(rows[:, c].tolist() for c in range(4)))
+
+    assert columns == pytest.approx(model.pipeline.predict(rows).tolist(), rel=1e-12, abs=1e-12)
 
 
 def test_training_statistics_of_a_trip_never_include_its_own_duration() -> None:

@@ -78,6 +78,6 @@ def test_only_loading_and_predicting_go_through_the_offload(artifacts: Path) -> 
         TripColumns(PULocationID=[43], DOLocationID=[151], trip_distance=[1.01])
     )
 
-    assert offloaded == ["load_model", "load_model", "predict_columns"]
+    assert offloaded == ["load_model", "load_model", "predict"]
     assert version == GBM
     assert durations == shelf.get(GBM).predict_columns([43], [151], [1.01])

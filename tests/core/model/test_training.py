@@ -16,15 +16,8 @@ from config import get_settings
 from core.errors import ModelError
 from core.model.artifact import load_model
 from core.model.registry import CURRENT_FILE, read_card, sha256_file
-from core.model.training import (
-    DataError,
-    evaluate_model,
-    fetch_month,
-    read_trips,
-    regression_metrics,
-    resolve_data_file,
-    train_model,
-)
+from core.model.tlc import DataError, fetch_month, read_trips, resolve_data_file
+from core.model.training import evaluate_model, regression_metrics, train_model
 from tests.core.conftest import OUT_OF_WINDOW, TlcMirror
 
 COURSE_RMSE = 7.758715209663881  # MLOps Zoomcamp baseline: green 2021-01 -> 2021-02

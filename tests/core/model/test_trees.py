@@ -10,7 +10,8 @@ from core.errors import ModelError
 from core.model.artifact import TripModel, load_model
 from core.model.registry import read_card, resolve_model_dir
 from core.model.shelf import ModelShelf
-from core.model.training import PICKUP_COLUMN, evaluate_model, read_trips, read_zones, train_model
+from core.model.tlc import PICKUP_COLUMN, read_trips, read_zones
+from core.model.training import evaluate_model, train_model
 from core.model.trees import (
     COMPILED,
     SKLEARN,

@@ -20,17 +20,11 @@ from config import PROJECT_ROOT, Settings
 from core.errors import DeadlineExceeded
 from core.model.artifact import TripModel, load_model
 from core.model.registry import resolve_model_dir
-from core.offline.scoring import (
-    MODEL_VERSIONS_KEY,
-    PREDICTION_COLUMN,
-    ChunkDone,
-    as_floats,
-    check_rows,
-    pickup_times,
-    plan_scoring,
-    score_file,
-    work_dir_for,
-)
+from core.offline.parts import MODEL_VERSIONS_KEY, PREDICTION_COLUMN, work_dir_for
+from core.offline.plan import plan_scoring
+from core.offline.reading import as_floats, pickup_times
+from core.offline.scoring import ChunkDone, score_file
+from core.trip.contract import check_columns
 from tests.support import SHARED_DATA, Service, start_worker, tripq_env
 
 MONTH = SHARED_DATA / "green_tripdata_2021-02.parquet"
@@ -161,14 +155,14 @@ def assert_scored(source: Path, output: Path, model: TripModel) -> None:
         assert trip_id == f"t{row}"
 
 
-def test_check_rows_names_the_field_of_every_problem() -> None:
+def test_check_columns_names_the_field_of_every_problem() -> None:
     columns = [
         as_floats(pa.chunked_array([pa.array(["1", " 265 ", "abc", "3.5", "7", None])]), "PU"),
         as_floats(pa.chunked_array([pa.array([1, 2, 3, 4, 266, 5])]), "DO"),
         as_floats(pa.chunked_array([pa.array([0.0, 200.0, math.inf, 1.0, 2.0, None])]), "d"),
     ]
 
-    valid, rejections = check_rows(columns[0], columns[1], columns[2])
+    valid, rejections = check_columns(columns[0], columns[1], columns[2])
 
     assert valid.tolist() == [True, True, False, False, False, False]
     assert rejections.rows.tolist() == [2, 3, 4, 5]
@@ -201,7 +195,7 @@ def test_pickup_times_are_read_as_new_york_time_and_bad_ones_refused_by_name() -
     assert seconds[0] == seconds[2] == 1_612_513_800.0  # 08:30 in New York, either way
     assert math.isnan(seconds[1])  # no time: the model answers from the three fields
     ones = np.ones(5)
-    valid, rejections = check_rows(ones, ones, ones, found)
+    valid, rejections = check_columns(ones, ones, ones, found)
     assert valid.tolist() == [True, True, True, False, False]
     assert rejections.reasons == ["tpep_pickup_datetime is not a date and time in 2009-2100"] * 2
 
