@@ -1,4 +1,4 @@
-"""Dependencies the routes declare: the settings and the process's job client.
+"""Dependencies the routes declare: the settings and the process's prediction client.
 
 Both are `async def`: FastAPI runs a plain `def` dependency in its threadpool, a thread hop per
 request that the hot path cannot afford.
@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from config import Settings, get_settings
-from core.online.client import JobClient
+from core.online.client import PredictionClient
 
 
 async def settings_dependency() -> Settings:
@@ -17,11 +17,11 @@ async def settings_dependency() -> Settings:
     return get_settings()
 
 
-async def get_jobs(request: Request) -> JobClient:
-    """Return the job client the app's lifespan started."""
-    jobs: JobClient = request.app.state.jobs
-    return jobs
+async def get_predictor(request: Request) -> PredictionClient:
+    """Return the prediction client the app's lifespan started."""
+    predictor: PredictionClient = request.app.state.predictor
+    return predictor
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dependency)]
-JobsDep = Annotated[JobClient, Depends(get_jobs)]
+PredictorDep = Annotated[PredictionClient, Depends(get_predictor)]

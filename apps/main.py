@@ -8,7 +8,7 @@
     client <── reply {reply_code, duration} <── API <── PSUBSCRIBE ───┘
 
 Each API process sends tasks without Celery's producer and awaits every result through one pattern
-subscription (see core.online.client); a request that outlives its deadline gets reply_code 2.
+subscription (see core.online); a request that outlives its deadline gets reply_code 2.
 """
 
 import asyncio
@@ -31,7 +31,7 @@ from core.jobs.schemas import JobBatch, JobTrip
 from core.jobs.store import JobStore
 from core.model.registry import read_card, resolve_model_dir
 from core.online.admission import Admission, export_queue_metrics, watch_queue_depth
-from core.online.client import JobClient
+from core.online.client import PredictionClient, connect_broker
 from core.trip.schemas import BatchRequest, TripRequest
 
 # How long start-up waits for the result subscription before serving (503s until it is up).
@@ -50,7 +50,7 @@ def serving_version(settings: Settings) -> str:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API; its lifespan owns the job client."""
+    """Build the API; its lifespan owns the broker connection and the prediction client."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -65,11 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.api_keys = settings.api_key_set
         app.state.model_version = serving_version(settings)
-        app.state.jobs = client = JobClient.from_settings(settings)
+        # One connection pool to the broker, shared by predictions and async jobs.
+        broker = connect_broker(settings)
+        app.state.predictor = client = PredictionClient.from_settings(settings, broker=broker)
         app.state.admission = admission = Admission(
             max_pending=settings.max_pending_requests, max_queue_depth=settings.queue_max_depth
         )
-        app.state.job_store = JobStore(client.broker, settings, origin=client.origin)
+        app.state.job_store = JobStore(broker, settings, origin=client.origin)
         await client.start(wait_s=_SUBSCRIBE_WAIT_S)
         watchers = [
             asyncio.create_task(watch_queue_depth(client.queue_depth, admission)),
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for watcher in watchers:
                 watcher.cancel()
             await client.close()
+            await broker.aclose()
 
     app = FastAPI(
         title="tripq",

@@ -1,4 +1,4 @@
-"""ASGI middleware of the API: request ids and metrics, and a body size limit.
+"""ASGI middleware of the API: trace ids and metrics, and a body size limit.
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs a task and a stream per
 request on the hot path.
@@ -13,10 +13,32 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.errors import ReplyCode
 from core.infra import metrics, tracing
 
+# What a refusal's status says; every other status is an answer, a timeout or a failure.
+REJECTED_REASONS = {
+    400: "invalid",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method",
+    409: "conflict",
+    413: "too_large",
+    415: "media_type",
+    429: "overloaded",
+    503: "unavailable",
+}
+
+
+def reply_outcome(status: int) -> str | None:
+    """Say what a reply of `status` was for the metrics, when it was not an answer."""
+    if status == 504:
+        return metrics.EXPIRED_REPLY
+    if status >= 500 and status != 503:
+        return metrics.FAILED_REPLY
+    return REJECTED_REASONS.get(status)
+
 
 class RequestTracking:
-    """Give every request an id (the client's X-Request-ID, or a new one) that its logs, its
-    task and its reply carry; count its reply and time it, by route."""
+    """Give every request a trace id (the client's X-Request-ID, or a new one) that its logs,
+    its task and its reply carry; count its reply and time it, by route."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -26,8 +48,8 @@ class RequestTracking:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = tracing.request_id(_header(scope, b"x-request-id"))
-        echoed = (b"x-request-id", request_id.encode())
+        trace_id = tracing.take_trace_id(_header(scope, b"x-request-id"))
+        echoed = (b"x-request-id", trace_id.encode())
         status = 500  # unless a reply starts
 
         async def tracked(message: Message) -> None:
@@ -37,15 +59,16 @@ class RequestTracking:
                 message["headers"] = [*message.get("headers", ()), echoed]
             await send(message)
 
-        # Every log line written while serving it carries the id (core.infra.logs reads `current`).
-        token = tracing.current.set(request_id)
+        # Every log line written while serving it carries the id (core.infra.logs reads it).
+        token = tracing.trace_id.set(trace_id)
         try:
             await self.app(scope, receive, tracked)
         finally:
-            tracing.current.reset(token)
+            tracing.trace_id.reset(token)
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            metrics.record_reply(endpoint, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.record_reply(endpoint, status, seconds, reply_outcome(status))
 
 
 class BodySizeLimit:

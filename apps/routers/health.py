@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from apps.deps import JobsDep, SettingsDep
+from apps.deps import PredictorDep, SettingsDep
 from core.errors import BackendUnavailable
 from core.infra import metrics
 from core.online.schemas import HealthReply, ReadyReply, WorkerInfo
@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 @router.get("/health", response_model=HealthReply)
 async def health(request: Request) -> HealthReply:
     """Say that this API process is alive, and which model versions the fleet serves."""
-    routing = request.app.state.jobs.routing
+    routing = request.app.state.predictor.routing
     return HealthReply(
         name="tripq",
         api_version=request.app.version,
@@ -29,17 +29,17 @@ async def health(request: Request) -> HealthReply:
     response_model=ReadyReply,
     responses={503: {"model": ReadyReply, "description": "Not ready: see `redis` and `workers`."}},
 )
-async def ready(response: Response, jobs: JobsDep, settings: SettingsDep) -> ReadyReply:
+async def ready(response: Response, predictor: PredictorDep, settings: SettingsDep) -> ReadyReply:
     """Say whether Redis answers and which live workers hold which model versions."""
-    redis_ok = await jobs.ping()
+    redis_ok = await predictor.ping()
     workers: list[WorkerInfo] = []
     if redis_ok:
         try:
-            workers = await jobs.workers(settings.worker_ttl_s)
+            workers = await predictor.workers(settings.worker_ttl_s)
         except BackendUnavailable:
             redis_ok = False
     versions = sorted({v for w in workers for v in w.model_versions})
-    is_ready = redis_ok and bool(versions) and jobs.available
+    is_ready = redis_ok and bool(versions) and predictor.available
     response.status_code = 200 if is_ready else 503
     return ReadyReply(ready=is_ready, redis=redis_ok, workers=workers, model_versions=versions)
 

@@ -5,7 +5,7 @@
     DELETE /v1/trip/jobs/{job_id}   cancel it while it is still queued
 
 The predict routes hand work here too, when the client sends `Prefer: respond-async` and its
-wait runs out (see `async_preference`): a slow fleet then answers 202 and a job, not 504.
+wait runs out (see apps.checks.RequestPolicy): a slow fleet then answers 202 and a job, not 504.
 """
 
 import hashlib
@@ -15,7 +15,6 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import Headers
 
 from apps.checks import MODEL_VERSION_HEADER, check_api_key, check_client
 from apps.errors import (
@@ -32,11 +31,13 @@ from core.errors import (
     Overloaded,
     UnknownJob,
 )
+from core.jobs.payload import encode_job_payload
 from core.jobs.schemas import CallbackUrl, JobReply, JobState
 from core.jobs.store import JobStore, idempotency_key
 from core.jobs.webhooks import private_literal
-from core.online.client import JobClient, batch_columns
+from core.online.client import PredictionClient
 from core.online.routing import version_queue
+from core.online.sender import batch_columns
 from core.trip.batch_request import parse_trip_batch
 from core.trip.schemas import TripRequest
 
@@ -72,29 +73,11 @@ _JOB_BODY = {
 }
 
 
-def async_preference(headers: Headers) -> float | None:
-    """Read `Prefer: respond-async[, wait=N]` (RFC 7240): None when the client did not ask for
-    an async reply, else how many seconds it would wait for a synchronous one (inf: its
-    deadline)."""
-    preferences = [p.strip().lower() for v in headers.getlist("prefer") for p in v.split(",")]
-    if "respond-async" not in preferences:
-        return None
-    for preference in preferences:
-        name, _, value = preference.partition("=")
-        if name.strip() == "wait":
-            try:
-                return max(0.0, float(value.strip()))
-            except ValueError:
-                message = f"Prefer: wait must be a number of seconds, got {value!r}"
-                raise InvalidTrip(message) from None
-    return float("inf")
-
-
 def _job_store(request: Request) -> JobStore:
     check_api_key(request)
     store: JobStore = request.app.state.job_store
-    jobs: JobClient = request.app.state.jobs
-    if not jobs.available:
+    predictor: PredictionClient = request.app.state.predictor
+    if not predictor.available:
         raise BackendUnavailable("Redis is not reachable")
     return store
 
@@ -123,11 +106,7 @@ def _parse_job(body: bytes, allow_private: bool) -> tuple[dict[str, Any], int, s
             trips, refused = [TripRequest.model_validate(document)], {}
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
-    payload = {
-        "columns": batch_columns(trips),
-        "request_ids": [t.request_id for t in trips],
-        "refused": {str(p): o.model_dump(exclude_none=True) for p, o in refused.items()},
-    }
+    payload = encode_job_payload(batch_columns(trips), [t.request_id for t in trips], refused)
     return payload, len(trips) + len(refused), callback
 
 
@@ -171,15 +150,17 @@ async def accept_job(
     headers = {"Location": _status_url(job_id), "Retry-After": str(RETRY_AFTER_S)}
     if preference_applied:
         headers["Preference-Applied"] = "respond-async"
-    return Response(orjson.dumps(_reply(view)), 202, headers, media_type="application/json")
+    return Response(_reply(view), 202, headers, media_type="application/json")
 
 
 def _status_url(job_id: str) -> str:
     return f"{router.prefix}/{job_id}"
 
 
-def _reply(view: dict[str, Any]) -> dict[str, Any]:
-    return {**view, "status_url": _status_url(view["job_id"])}
+def _reply(view: dict[str, Any]) -> bytes:
+    """Serve a job's view as its documented shape, JobReply (fields it lacks stay out)."""
+    reply = JobReply.model_validate({**view, "status_url": _status_url(view["job_id"])})
+    return reply.model_dump_json(exclude_unset=True).encode()
 
 
 @router.post(
@@ -196,7 +177,7 @@ async def submit_job(request: Request) -> Response:
     (with `result`: one reply per trip, in order, like `/v1/trip/predict/batch`), `failed`
     (with `error`), `expired` (no worker started it within JOB_QUEUE_TIMEOUT_S) or `canceled`.
     A job is kept JOB_RESULT_TTL_S after it ends, then answers 404. With `callback_url`, tripq
-    also POSTs the job there when it ends, signed in `X-Tripq-Signature` (see the README). An
+    also POSTs the job there when it ends, signed in `X-Tripq-Signature` (see docs/jobs.md). An
     accepted job survives a worker crash and, with Redis's append-only file, a Redis restart.
     `X-Model-Version` pins the version that answers; `Idempotency-Key` makes a retry safe.
     """
@@ -215,7 +196,7 @@ async def read_job(job_id: str, request: Request) -> Response:
     if view is None:
         raise UnknownJob(f"job {job_id}: not found (unknown, or removed after it ended)")
     headers = {} if JobState(view["state"]).final else {"Retry-After": str(RETRY_AFTER_S)}
-    return Response(orjson.dumps(_reply(view)), headers=headers, media_type="application/json")
+    return Response(_reply(view), headers=headers, media_type="application/json")
 
 
 @router.delete(
@@ -234,4 +215,4 @@ async def cancel_job(job_id: str, request: Request) -> Response:
     view = await store.read(job_id)
     if view is None:
         raise UnknownJob(f"job {job_id}: not found")
-    return Response(orjson.dumps(_reply(view)), media_type="application/json")
+    return Response(_reply(view), media_type="application/json")

@@ -1,26 +1,26 @@
 """The prediction endpoints: one trip in the contract of the older service, and batches.
 
 Both routes read and write JSON themselves: pydantic-core validates the raw bytes in one pass and
-orjson writes the reply. Against FastAPI's generic body parsing, dependency solving and response
-re-validation this halves the API's CPU per request, and the API process is what limits
-throughput. The request models are still published in /docs (see apps.main).
+serializes the reply from its typed model (TripReply, BatchReply: the documented shape is the
+served one). Against FastAPI's generic body parsing, dependency solving and response handling
+this halves the API's CPU per request, and the API process is what limits throughput. The
+request models are still published in /docs (see apps.main).
 """
 
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from pydantic import ValidationError
 
-from apps.checks import MODEL_VERSION_HEADER, check_client, deadline
+from apps.checks import MODEL_VERSION_HEADER, OnTimeout, RequestPolicy, request_policy
 from apps.errors import ASYNC_RESPONSE, ERROR_RESPONSES
-from apps.routers.jobs import accept_job, async_preference
+from apps.routers.jobs import accept_job
 from core.errors import DeadlineExceeded, ReplyCode, TripqError
 from core.online.admission import Admission
-from core.online.client import JobClient
+from core.online.client import PredictionClient
 from core.trip.batch_request import merge_replies, parse_trip_batch
 from core.trip.schemas import BatchReply, TripReply, TripRequest
 
@@ -52,18 +52,16 @@ def _json_body(model_name: str) -> dict[str, Any]:
     }
 
 
-def _admit(request: Request) -> tuple[JobClient, Admission, float, str | None, bool]:
-    """Check a predict request before its body is read; return how long it waits for its
-    answer, the model version that must answer it (None: any worker's current one), and
-    whether it prefers an async job to a timeout (`Prefer: respond-async`; a wait of 0: a
-    job at once)."""
-    version = check_client(request)
-    timeout_s = deadline(request.headers, request.app.state.settings)
-    wait_s = async_preference(request.headers)
-    if wait_s is not None:
-        timeout_s = min(timeout_s, wait_s)
-    jobs, admission = request.app.state.jobs, request.app.state.admission
-    return jobs, admission, timeout_s, version, wait_s is not None
+def _admit(request: Request) -> tuple[PredictionClient, Admission, RequestPolicy]:
+    """Check a predict request before its body is read; return the client and admission that
+    serve it, and the policy it is served under (deadline, version, what a timeout gets)."""
+    policy = request_policy(request)
+    return request.app.state.predictor, request.app.state.admission, policy
+
+
+async def _hand_over(request: Request, body: bytes, policy: RequestPolicy) -> Response:
+    """Make the request's trips an async job, as its `Prefer: respond-async` asks."""
+    return await accept_job(request, body, policy.version, preference_applied=True)
 
 
 @router.post(
@@ -83,21 +81,21 @@ async def predict_trip(request: Request) -> Response:
     success; every other code is documented below.
     """
     started = time.perf_counter()
-    jobs, admission, timeout_s, version, prefers_async = _admit(request)
+    predictor, admission, policy = _admit(request)
     body = await request.body()
     try:
         trip = TripRequest.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     request.state.request_id = trip.request_id
-    if timeout_s == 0:
-        return await accept_job(request, body, version, preference_applied=True)
+    if policy.job_now:
+        return await _hand_over(request, body, policy)
     try:
         with admission.hold():
-            answer = await jobs.predict(trip, timeout_s, version)
+            answer = await predictor.predict(trip, policy.deadline, policy.version)
     except TripqError as exc:
-        if prefers_async and isinstance(exc, DeadlineExceeded):
-            return await accept_job(request, body, version, preference_applied=True)
+        if policy.on_timeout is OnTimeout.HAND_OVER and isinstance(exc, DeadlineExceeded):
+            return await _hand_over(request, body, policy)
         logger.info(
             "predict",
             request_id=trip.request_id,
@@ -115,18 +113,21 @@ async def predict_trip(request: Request) -> Response:
         queue_ms=batch.queue_ms,
         inference_ms=batch.inference_ms,
     )
-    reply = {
-        "reply_code": 0,
-        "request_id": trip.request_id,
-        "duration": answer.duration,
-        "model_version": batch.model_version,
-        "timings": {
-            "total_ms": total_ms,
-            "queue_ms": batch.queue_ms,
-            "inference_ms": batch.inference_ms,
-        },
-    }
-    return Response(orjson.dumps(reply), media_type="application/json")
+    # Validated from a dict: in pydantic-core, cheaper than model_construct's Python loop.
+    reply = TripReply.model_validate(
+        {
+            "reply_code": ReplyCode.OK,
+            "request_id": trip.request_id,
+            "duration": answer.duration,
+            "model_version": batch.model_version,
+            "timings": {
+                "total_ms": total_ms,
+                "queue_ms": batch.queue_ms,
+                "inference_ms": batch.inference_ms,
+            },
+        }
+    )
+    return Response(reply.model_dump_json(), media_type="application/json")
 
 
 @router.post(
@@ -143,19 +144,21 @@ async def predict_trip_batch(request: Request) -> Response:
     504/503/500 when no prediction could be made.
     """
     started = time.perf_counter()
-    jobs, admission, timeout_s, version, prefers_async = _admit(request)
+    predictor, admission, policy = _admit(request)
     body = await request.body()
     trips, refused = parse_trip_batch(body)
-    if timeout_s == 0:
-        return await accept_job(request, body, version, preference_applied=True)
+    if policy.job_now:
+        return await _hand_over(request, body, policy)
     chunk_size = request.app.state.settings.batch_chunk_size
     try:
         with admission.hold(len(trips)):
-            answers = await jobs.predict_many(trips, timeout_s, chunk_size, version)
+            answers = await predictor.predict_many(
+                trips, policy.deadline, chunk_size, policy.version
+            )
     except DeadlineExceeded:
-        if not prefers_async:
+        if policy.on_timeout is not OnTimeout.HAND_OVER:
             raise
-        return await accept_job(request, body, version, preference_applied=True)
+        return await _hand_over(request, body, policy)
     replies = merge_replies(
         [t.request_id for t in trips],
         [d for answer in answers for d in answer.durations],
@@ -163,17 +166,22 @@ async def predict_trip_batch(request: Request) -> Response:
     )
     total_ms = _ms_since(started)
     logger.info("predict batch", trips=len(replies), refused=len(refused), total_ms=total_ms)
-    reply = {
-        "reply_code": 0,
-        "model_version": answers[0].model_version if answers else request.app.state.model_version,
-        "replies": replies,
-        "timings": {
-            "total_ms": total_ms,
-            "queue_ms": max((a.queue_ms for a in answers), default=0.0),
-            "inference_ms": sum(a.inference_ms for a in answers),
-        },
-    }
-    return Response(orjson.dumps(reply), media_type="application/json")
+    reply = BatchReply.model_validate(
+        {
+            "reply_code": ReplyCode.OK,
+            "model_version": answers[0].model_version
+            if answers
+            else request.app.state.model_version,
+            "replies": replies,
+            "timings": {
+                "total_ms": total_ms,
+                "queue_ms": max((a.queue_ms for a in answers), default=0.0),
+                "inference_ms": sum(a.inference_ms for a in answers),
+            },
+        }
+    )
+    # A reply's absent fields (a refused trip's duration, an answered one's message) stay out.
+    return Response(reply.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 def _ms_since(started: float) -> float:

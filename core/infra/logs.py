@@ -47,11 +47,11 @@ class InterceptHandler(logging.Handler):
         )
 
 
-def _add_request_id(record: "Record") -> None:
-    # Read only when a line is written: the id of the request being served (core.infra.tracing).
-    request_id = tracing.current.get()
-    if request_id is not None:
-        record["extra"].setdefault(tracing.LOG_FIELD, request_id)
+def _add_trace_id(record: "Record") -> None:
+    # Read only when a line is written: the trace id of the request served (core.infra.tracing).
+    trace_id = tracing.trace_id.get()
+    if trace_id is not None:
+        record["extra"].setdefault(tracing.LOG_FIELD, trace_id)
 
 
 def configure_logging(
@@ -64,7 +64,7 @@ def configure_logging(
 ) -> None:
     """Log to stderr and to `log_dir`, one file per OS process, as text or JSON lines."""
     logger.remove()
-    logger.configure(extra={"process": process}, patcher=_add_request_id)
+    logger.configure(extra={"process": process}, patcher=_add_trace_id)
     stderr_format = "{message}" if json_lines else _TEXT_FORMAT
     logger.add(sys.stderr, level=level, format=stderr_format, serialize=json_lines)
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the API, and how /metrics reads them (the workers': tasks.metrics).
+"""Prometheus metrics of the API, and how /metrics reads them (the workers': core.worker.metrics).
 
 The API runs as several gunicorn processes behind one port, so its metrics live in
 prometheus_client's multiprocess mode: each process writes its own files under
@@ -18,7 +18,6 @@ all read the same Redis).
     tripq_workers_alive, tripq_model_info{version,role}
 """
 
-import os
 from typing import Any
 
 from prometheus_client import (
@@ -30,7 +29,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from config import prometheus_multiproc_dir
 
 # The API's own registry, so that a worker process, which imports this module for its buckets,
 # does not serve the API's metrics as well. Multiprocess collection reads the files instead.
@@ -39,19 +38,6 @@ API_REGISTRY = CollectorRegistry()
 # Seconds: from a lean 1-trip answer (~2 ms) to the longest deadline a client may ask for (30 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 5000, 10_000, 50_000)
-
-# What a refusal's status says; every other status is an answer, a timeout or a failure.
-REJECTED_REASONS = {
-    400: "invalid",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method",
-    409: "conflict",
-    413: "too_large",
-    415: "media_type",
-    429: "overloaded",
-    503: "unavailable",
-}
 
 # --- API ---
 REQUESTS = Counter(
@@ -131,21 +117,30 @@ _QUEUE, _INFERENCE, _DELIVERY = (
 _reply_series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
 
-def record_reply(endpoint: str, status: int, seconds: float) -> None:
-    """Count one HTTP reply, and what kind of failure it was, if any."""
-    series = _reply_series.get((endpoint, status))
+# What a reply was, when not an answer (apps.middleware tells it from the HTTP status): a
+# timeout, a failure, or else the reason a request was refused.
+EXPIRED_REPLY = "expired"
+FAILED_REPLY = "failed"
+
+
+def record_reply(endpoint: str, code: int, seconds: float, outcome: str | None = None) -> None:
+    """Count one reply by route and status `code`; `outcome` says what it was when not an
+    answer: EXPIRED_REPLY, FAILED_REPLY, or the reason of a refusal."""
+    series = _reply_series.get((endpoint, code))
     if series is None:  # resolving labels costs more than counting: once per route and status
-        series = REQUESTS.labels(endpoint, str(status)), REQUEST_SECONDS.labels(endpoint)
-        _reply_series[(endpoint, status)] = series
+        series = REQUESTS.labels(endpoint, str(code)), REQUEST_SECONDS.labels(endpoint)
+        _reply_series[(endpoint, code)] = series
     count, seconds_of = series
     count.inc()
     seconds_of.observe(seconds)
-    if status == 504:
+    if outcome is None:
+        return
+    if outcome == EXPIRED_REPLY:
         EXPIRED.inc()
-    elif status >= 500 and status != 503:
+    elif outcome == FAILED_REPLY:
         FAILED.inc()
-    elif status in REJECTED_REASONS:
-        REJECTED.labels(REJECTED_REASONS[status]).inc()
+    else:
+        REJECTED.labels(outcome).inc()
 
 
 def record_phases(round_trip_s: float, queue_ms: float, inference_ms: float) -> None:
@@ -158,7 +153,7 @@ def record_phases(round_trip_s: float, queue_ms: float, inference_ms: float) -> 
 
 def render() -> bytes:
     """The Prometheus text of this process, or of every API process in multiprocess mode."""
-    if os.environ.get(MULTIPROC_ENV):
+    if prometheus_multiproc_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

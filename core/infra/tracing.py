@@ -1,8 +1,11 @@
-"""The request id that follows one HTTP request through its task into both processes' logs.
+"""The trace id: the X-Request-ID that follows one HTTP request through its task into both
+processes' logs, under one name from header to log line, `trace_id`.
 
 The API takes the client's `X-Request-ID` (or makes one), answers with it, logs with it, and
-sends it with the task; the worker logs it beside the task's own lines. Micro-batched requests
-share a task, which carries the ids of all of them.
+sends it with the task (`trace_ids`); the worker logs it beside the task's own lines.
+Micro-batched requests share a task, which carries the trace ids of all of them.
+
+It is not the body's `request_id`, which names a trip in the public contract.
 """
 
 import itertools
@@ -11,11 +14,12 @@ import re
 from contextvars import ContextVar
 
 HEADER = "X-Request-ID"
-LOG_FIELD = "x_request_id"
+LOG_FIELD = "trace_id"
 
 _ACCEPTED = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII without spaces: safe in a log line
 
-current: ContextVar[str | None] = ContextVar("x_request_id", default=None)
+# The trace id of the request being served, in this task's context.
+trace_id: ContextVar[str | None] = ContextVar("trace_id", default=None)
 
 # A new id is 32 hex digits: 16 random ones per process, then a counter. Unique across processes
 # as uuid4 is, without a system call per request.
@@ -23,8 +27,8 @@ _PREFIX = os.urandom(8).hex()
 _counter = itertools.count()
 
 
-def request_id(sent: str | None) -> str:
-    """Keep a client's request id when it is a sane one; otherwise make one."""
+def take_trace_id(sent: str | None) -> str:
+    """Keep a client's X-Request-ID when it is a sane one; otherwise make a trace id."""
     if sent is not None and _ACCEPTED.fullmatch(sent):
         return sent
     return f"{_PREFIX}{next(_counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"

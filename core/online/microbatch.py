@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from core.online.deadline import Deadline
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -30,8 +32,8 @@ class Pending(Generic[Item, Result]):
 
     item: Item
     future: "asyncio.Future[Result]"
-    deadline: float  # event-loop time after which nobody awaits the result
-    trace: str | None = None  # the submitter's request id, for the batch's logs
+    deadline: Deadline  # after it, nobody awaits the result
+    trace_id: str | None = None  # the submitter's X-Request-ID, for the batch's logs
 
 
 SendBatch = Callable[[Sequence[Pending[Item, Result]]], Awaitable[None]]
@@ -61,12 +63,12 @@ class MicroBatcher(Generic[Item, Result]):
         return self._in_flight
 
     def submit(
-        self, item: Item, timeout_s: float, trace: str | None = None
+        self, item: Item, deadline: Deadline, trace_id: str | None = None
     ) -> "asyncio.Future[Result]":
         """Queue `item` for the next batch and return the future of its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        self._pending.append(Pending(item, future, loop.time() + timeout_s, trace))
+        self._pending.append(Pending(item, future, deadline, trace_id))
         if len(self._pending) >= self._max_batch:
             self._flush()
         elif not self._flush_scheduled:

@@ -11,7 +11,7 @@ from loguru import logger
 
 from core.infra import tracing
 from core.trip.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
-from tasks import metrics as worker_metrics
+from core.worker import metrics as worker_metrics
 from tasks.app import app
 from tasks.worker import model_shelf
 
@@ -39,14 +39,18 @@ def predict_batch(
     columns: dict[str, Any],
     sent_at: float,
     model_version: str | None = None,
+    trace_ids: list[str] | None = None,
     request_ids: list[str] | None = None,
 ) -> dict[str, Any]:
     """Predict the durations of a batch of trips, given as columns, with one model call.
 
     `model_version` names the model that must answer (a pinned or canary batch, taken from that
-    version's own queue); None means this worker's current model. `request_ids`: the X-Request-ID
+    version's own queue); None means this worker's current model. `trace_ids`: the X-Request-ID
     of each HTTP request the batch answers, for the logs.
     """
+    # `request_ids` is the name an API of the previous release sends `trace_ids` under: kept so
+    # that its tasks still run during a rolling deploy (remove once no such API is left).
+    trace_ids = trace_ids if trace_ids is not None else request_ids
     started = time.time()
     trips = TripColumns.model_validate(columns)
     durations, version = model_shelf.predict_columns(trips, model_version)
@@ -65,6 +69,6 @@ def predict_batch(
         model_version=version,
         inference_ms=answer.inference_ms,
         queue_ms=answer.queue_ms,
-        **{tracing.LOG_FIELD: request_ids or []},
+        **{tracing.LOG_FIELD: trace_ids or []},
     )
     return answer.model_dump()

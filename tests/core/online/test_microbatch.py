@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from core.online.deadline import Deadline
 from core.online.microbatch import MicroBatcher, Pending
 
 
@@ -29,7 +30,7 @@ def test_a_lone_request_leaves_at_once_in_a_batch_of_one() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             recorder.send, max_batch=100, max_in_flight=4
         )
-        return await batcher.submit(7, 1.0), recorder.batches
+        return await batcher.submit(7, Deadline.after(1.0)), recorder.batches
 
     answer, batches = asyncio.run(scenario())
 
@@ -43,7 +44,7 @@ def test_requests_of_one_event_loop_turn_travel_together() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             recorder.send, max_batch=100, max_in_flight=4
         )
-        futures = [batcher.submit(i, 1.0) for i in range(5)]
+        futures = [batcher.submit(i, Deadline.after(1.0)) for i in range(5)]
         assert await asyncio.gather(*futures) == [0, 10, 20, 30, 40]
         return recorder.batches
 
@@ -57,9 +58,9 @@ def test_requests_wait_for_a_free_slot_and_then_leave_as_one_batch() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             recorder.send, max_batch=100, max_in_flight=1
         )
-        first = batcher.submit(0, 1.0)
+        first = batcher.submit(0, Deadline.after(1.0))
         await asyncio.sleep(0)  # the first batch leaves
-        later = [batcher.submit(i, 1.0) for i in range(1, 4)]
+        later = [batcher.submit(i, Deadline.after(1.0)) for i in range(1, 4)]
         await asyncio.sleep(0.01)
         assert recorder.batches == [[0]]  # the rest waits: the only slot is taken
         recorder.release.set()
@@ -73,7 +74,7 @@ def test_max_batch_caps_the_size_of_a_batch() -> None:
     async def scenario() -> list[list[int]]:
         recorder = Recorder()
         batcher: MicroBatcher[int, int] = MicroBatcher(recorder.send, max_batch=2, max_in_flight=8)
-        await asyncio.gather(*(batcher.submit(i, 1.0) for i in range(5)))
+        await asyncio.gather(*(batcher.submit(i, Deadline.after(1.0)) for i in range(5)))
         return recorder.batches
 
     assert asyncio.run(scenario()) == [[0, 1], [2, 3], [4]]
@@ -85,7 +86,7 @@ def test_a_failed_send_fails_every_request_of_its_batch() -> None:
 
     async def scenario() -> list[BaseException | int]:
         batcher: MicroBatcher[int, int] = MicroBatcher(failing, max_batch=10, max_in_flight=1)
-        futures = [batcher.submit(i, 1.0) for i in range(3)]
+        futures = [batcher.submit(i, Deadline.after(1.0)) for i in range(3)]
         return await asyncio.gather(*futures, return_exceptions=True)
 
     results = asyncio.run(scenario())
@@ -99,8 +100,8 @@ def test_a_request_given_up_before_its_batch_leaves_is_not_sent() -> None:
         batcher: MicroBatcher[int, int] = MicroBatcher(
             recorder.send, max_batch=100, max_in_flight=4
         )
-        abandoned = batcher.submit(1, 1.0)
-        kept = batcher.submit(2, 1.0)
+        abandoned = batcher.submit(1, Deadline.after(1.0))
+        kept = batcher.submit(2, Deadline.after(1.0))
         abandoned.cancel()
         await kept
         return recorder.batches
@@ -122,7 +123,7 @@ def test_in_flight_never_exceeds_its_limit(in_flight: int) -> None:
                 pending.future.set_result(pending.item)
 
         batcher = MicroBatcher(send, max_batch=4, max_in_flight=in_flight)
-        await asyncio.gather(*(batcher.submit(i, 1.0) for i in range(50)))
+        await asyncio.gather(*(batcher.submit(i, Deadline.after(1.0)) for i in range(50)))
         return peak
 
     assert asyncio.run(scenario()) == in_flight
