@@ -1,5 +1,6 @@
 """tripq's settings: one class, read from the environment and `.env`; nothing else reads either."""
 
+import os
 import ssl
 from functools import lru_cache
 from pathlib import Path
@@ -225,6 +226,49 @@ def tls_options(
     files = {"ssl_ca_certs": ca_file, "ssl_certfile": cert_file, "ssl_keyfile": key_file}
     options.update({name: str(path) for name, path in files.items() if path is not None})
     return options
+
+
+# Variables that configure Celery itself (CELERY_BROKER_URL ...): a child started by a tool (bench,
+# tests) must not inherit them, or it would reach another Redis than the one it is given.
+CHILD_DROPPED_PREFIX = "CELERY_"
+# prometheus_client reads this variable itself, in every process that writes or serves metrics:
+# setting it in os.environ (boot/gunicorn_conf.py) is the only way to tell it where to write.
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def inherited_environment(**overrides: str) -> dict[str, str]:
+    """Give the environment of a child `tripq` supervises: all of this one's, plus `overrides`."""
+    return {**os.environ, **overrides}
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """Give the environment of a child process a tool (bench, tests) starts: this one's, less
+    CELERY_*, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_DROPPED_PREFIX)}
+    env.update(overrides)
+    return env
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """Say where this process's multiprocess metrics go (None: single-process metrics)."""
+    return os.environ.get(PROMETHEUS_MULTIPROC_ENV) or None
+
+
+def set_prometheus_multiproc_dir(path: str) -> None:
+    """Tell prometheus_client, which reads only the environment, where to keep metrics files."""
+    os.environ[PROMETHEUS_MULTIPROC_ENV] = path
+
+
+def limit_openmp_threads() -> None:
+    """Have OpenMP start one thread per inference call, unless the operator says otherwise.
+
+    A worker already runs INFERENCE_THREADS native threads per process, and scikit-learn's tree
+    ensembles would start one OpenMP thread per core inside each call, all spinning for the same
+    cores as the API. libgomp reads OMP_NUM_THREADS once, from the environment, when it loads:
+    so it must be set there, before scikit-learn is imported; a threadpoolctl limit holds only on
+    the thread that sets it, never on the native threads inference runs on.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @lru_cache

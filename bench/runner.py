@@ -16,17 +16,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import redis
@@ -42,8 +40,9 @@ from bench.loadgen import (
     wrk_available,
 )
 from bench.report import SYSTEMS, build_report, print_report, progress_line, write_report
-from config import PROJECT_ROOT, get_settings
+from config import PROJECT_ROOT, child_environment, get_settings
 from core.infra.embedded_redis import EmbeddedRedis
+from core.infra.launch import Child, gunicorn_argv, prefork_worker_argv, tripq_argv
 
 BATCH_PATH = "/v1/trip/predict/batch"
 BASELINE_VERSION = "baseline-2021-01"
@@ -61,7 +60,6 @@ _SETTLE_TIMEOUT_S = 30.0
 _IDLE_S = 0.5
 _KOMBU_UNACKED = "unacked"  # Kombu's Redis transport: delivered, not yet acknowledged tasks
 _POLL_S = 0.2
-_GUNICORN_CONF = PROJECT_ROOT / "boot" / "gunicorn_conf.py"
 _APP_FACTORIES = {
     "noop": "bench.apps:create_noop_app()",
     "inprocess": "bench.apps:create_inprocess_app()",
@@ -111,100 +109,21 @@ def free_port() -> int:
         return port
 
 
-class Child:
-    """A process the bench started, in a session of its own, its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        try:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError:
-            self._log.close()
-            raise
-
-    def alive(self) -> bool:
-        """Tell whether the process still runs."""
-        return self.process.poll() is None
-
-    def log_tail(self, chars: int = 2000) -> str:
-        """Return the end of the process's output."""
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, timeout_s: float) -> None:
-        """SIGTERM the process, SIGKILL its whole session after `timeout_s`, and reap it."""
-        pid = self.process.pid
-        if self.process.returncode is None:
-            os.kill(pid, signal.SIGTERM)
-            _wait_exited(pid, timeout_s)
-            # The leader is a zombie now or still running: either way its pid, and so its
-            # process group, cannot belong to anyone else yet. Whatever of it is left goes.
-            with suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            self.process.wait()
-        self._log.close()
-
-
-def _wait_exited(pid: int, timeout_s: float) -> bool:
-    """Wait until a child has exited, without reaping it; False after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _spawn(
     stack: ExitStack, name: str, argv: list[str], env: dict[str, str], work: Path, stop_s: float
 ) -> Child:
     """Start a child whose stop is registered on `stack`."""
-    child = Child(name, argv, env, work)
-    stack.callback(child.stop, stop_s)
+    child = Child(name, argv, env, work, stop_s)
+    stack.callback(child.stop)
     return child
 
 
 def _child_env(redis_url: str, log_dir: Path) -> dict[str, str]:
     """The environment of every system's processes: the bench's Redis, quiet logs."""
-    # CELERY_* overrides would point a child at another Redis.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
-    env.update(REDIS_URL=redis_url, LOG_DIR=str(log_dir), LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _gunicorn_argv(port: int, app: str) -> list[str]:
-    """Serve `app` as tripq's API is served: its gunicorn config, one uvicorn worker."""
-    return [
-        sys.executable, "-m", "gunicorn",
-        "--config", str(_GUNICORN_CONF),
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", "1",
-        app,
-    ]  # fmt: skip
-
-
-def _naive_worker_argv() -> list[str]:
-    """The older service's worker: Celery's prefork pool, four processes, prefetch of one."""
-    return [
-        sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-        "--pool", "prefork", "--concurrency", "4", "--prefetch-multiplier", "1",
-        "-Q", get_settings().queue, "--without-mingle", "--without-gossip",
-        "--loglevel", "WARNING",
-    ]  # fmt: skip
-
-
-def _tripq_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "boot.cli", *args]
+    # CELERY_* overrides would point a child at another Redis: child_environment drops them.
+    return child_environment(
+        REDIS_URL=redis_url, LOG_DIR=str(log_dir), LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1"
+    )
 
 
 def _wait_until(check: Callable[[], bool], children: list[Child], what: str) -> None:
@@ -277,16 +196,6 @@ def start_deployment(name: str, cfg: BenchConfig, stack: ExitStack, work: Path) 
     return Deployment(base_url, server.url)
 
 
-def _prefork_worker_argv(processes: int) -> list[str]:
-    """tripq's worker under Celery's prefork pool instead of gevent: one process per core."""
-    return [
-        sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-        "--pool", "prefork", "--concurrency", str(processes),
-        "-Q", get_settings().queue, "--without-mingle", "--without-gossip",
-        "--loglevel", "WARNING",
-    ]  # fmt: skip
-
-
 def _start_tripq(
     cfg: BenchConfig,
     stack: ExitStack,
@@ -299,11 +208,11 @@ def _start_tripq(
     """Start tripq's worker (gevent, or prefork) and `tripq api` (one process); wait for /ready;
     return the worker."""
     processes, greenlets = str(cfg.worker_processes), str(cfg.worker_concurrency)
-    worker_argv = _tripq_argv("worker", "--processes", processes, "--concurrency", greenlets)
-    if prefork:
-        worker_argv = _prefork_worker_argv(os.cpu_count() or 2)
+    worker_argv = tripq_argv("worker", "--processes", processes, "--concurrency", greenlets)
+    if prefork:  # tripq's worker under Celery's prefork pool instead of gevent: one per core
+        worker_argv = prefork_worker_argv(get_settings().queue, os.cpu_count() or 2)
     worker = _spawn(stack, "tripq-worker", worker_argv, env, work, _WORKER_STOP_S)
-    api_argv = _tripq_argv("api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
+    api_argv = tripq_argv("api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
     api = _spawn(stack, "tripq-api", api_argv, env, work, _APP_STOP_S)
     ready = f"http://127.0.0.1:{port}/ready"
     _wait_until(lambda: _answers(ready), [worker, api], "tripq /ready 200")
@@ -314,9 +223,10 @@ def _start_app(name: str, stack: ExitStack, env: dict[str, str], work: Path, por
     """Start a comparison app under gunicorn (and naive's Celery worker); wait for an answer."""
     children = []
     if name == "naive":
-        worker_argv = _naive_worker_argv()
+        # The older service's worker: Celery's prefork pool, four processes, prefetch of one.
+        worker_argv = prefork_worker_argv(get_settings().queue, 4, prefetch_one=True)
         children.append(_spawn(stack, "naive-worker", worker_argv, env, work, _WORKER_STOP_S))
-    api_argv = _gunicorn_argv(port, _APP_FACTORIES[name])
+    api_argv = gunicorn_argv(_APP_FACTORIES[name], "127.0.0.1", port, 1)
     children.append(_spawn(stack, f"{name}-api", api_argv, env, work, _APP_STOP_S))
     url = f"http://127.0.0.1:{port}{PREDICT_PATH}"
     first = json.dumps({"request_id": "ready", **BENCH_TRIP}).encode()

@@ -12,9 +12,7 @@ waiting, writing OUTPUT; not the worker's start.
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -25,10 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from bench.runner import Child, free_port
-from config import PROJECT_ROOT, Settings
+from bench.runner import free_port
+from config import PROJECT_ROOT, Settings, child_environment
 from core.infra.embedded_redis import EmbeddedRedis
-from core.offline.scoring import DEFAULT_CHUNK_ROWS, DEFAULT_IN_FLIGHT, score_file
+from core.infra.launch import Child, tripq_argv
+from core.offline.plan import DEFAULT_CHUNK_ROWS
+from core.offline.scoring import DEFAULT_IN_FLIGHT, score_file
 
 MONTH = PROJECT_ROOT.parent / "shared" / "data" / "nyc-tlc" / "green_tripdata_2021-02.parquet"
 SYNTHETIC_ROWS = 1_000_000
@@ -60,13 +60,12 @@ def start_worker(stack: ExitStack, work: Path) -> str:
     """Start Redis and one worker process; return the Redis URL once the worker holds a model."""
     server = EmbeddedRedis(free_port(), work / "redis", appendonly=False).start()
     stack.callback(server.stop)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
-    env.update(
+    env = child_environment(
         REDIS_URL=server.url, LOG_DIR=str(work / "logs"), LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1"
     )
-    argv = [sys.executable, "-m", "boot.cli", "worker", "--processes", "1"]
-    worker = Child("tripq-worker", argv, env, work)
-    stack.callback(worker.stop, _STOP_TIMEOUT_S)
+    argv = tripq_argv("worker", "--processes", "1")
+    worker = Child("tripq-worker", argv, env, work, _STOP_TIMEOUT_S)
+    stack.callback(worker.stop)
     client = redis.Redis.from_url(server.url)
     stack.callback(client.close)
     deadline = time.monotonic() + _START_TIMEOUT_S

@@ -5,7 +5,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -20,12 +19,13 @@ from boot.cli_model import evaluate, train
 from boot.cli_models import models_app
 from boot.cli_score import score
 from boot.procs import ProcessGroup
-from config import Settings, get_settings
+from config import Settings, get_settings, inherited_environment
 from core.errors import TripqError
 from core.infra.embedded_redis import EmbeddedRedis, redis_answers
+from core.infra.launch import api_argv, worker_argv
 from core.infra.redis_clients import sync_client
 from core.model.registry import read_card, resolve_model_dir
-from core.online.client import JobClient, TripAnswer
+from core.online.client import PredictionClient, TripAnswer
 from core.online.schemas import WorkerInfo
 from core.trip.schemas import TripRequest
 
@@ -42,7 +42,6 @@ app.command(help="Score a trip file through the workers (resumable); the last li
 app.add_typer(models_app, name="models")
 
 console = Console(stderr=True)
-GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 _READY_TIMEOUT_S = 90.0
 _STOP_TIMEOUT_S = 15.0
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -54,31 +53,6 @@ Concurrency = Annotated[
 Host = Annotated[str | None, typer.Option(help="Address the API binds [API_HOST].")]
 Port = Annotated[int | None, typer.Option(min=1, max=65535, help="API port [API_PORT].")]
 ApiWorkers = Annotated[int | None, typer.Option(min=1, help="API processes [API_WORKERS].")]
-
-
-def api_argv(host: str, port: int, workers: int) -> list[str]:
-    """Build the command line of the API under gunicorn."""
-    return [
-        sys.executable, "-m", "gunicorn",
-        "--config", str(GUNICORN_CONF),
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
-        "apps.main:app",
-    ]  # fmt: skip
-
-
-def worker_argv(settings: Settings, index: int, concurrency: int) -> list[str]:
-    """Build the command line of one Celery worker process with the gevent pool."""
-    return [
-        sys.executable, "-m", "celery", "--app", "tasks.app", "worker",
-        "--pool", "gevent",
-        "--concurrency", str(concurrency),
-        "--queues", f"{settings.queue},{settings.job_queue}",
-        "--hostname", f"trip{index}@%h",
-        "--loglevel", settings.log_level,
-        # No start-up sync or gossip between workers: tripq tracks workers by heartbeat.
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
 
 
 @app.command()
@@ -103,7 +77,8 @@ def worker(processes: Processes = None, concurrency: Concurrency = None) -> None
     group = ProcessGroup()
     group.handle_signals()
     for index in range(1, count + 1):
-        group.start(f"worker {index}", worker_argv(settings, index, greenlets), os.environ)
+        argv = worker_argv(settings, index, greenlets)
+        group.start(f"worker {index}", argv, inherited_environment())
     group.supervise(console.print)
     group.stop(settings.request_timeout_max_s + _STOP_TIMEOUT_S)
 
@@ -124,7 +99,7 @@ def up(
     group = ProcessGroup()
     group.handle_signals()
     try:
-        env = dict(os.environ, REDIS_URL=settings.redis_url)
+        env = inherited_environment(REDIS_URL=settings.redis_url)
         greenlets = concurrency or settings.worker_concurrency
         for index in range(1, (processes or settings.worker_processes) + 1):
             group.start(f"worker {index}", worker_argv(settings, index, greenlets), env)
@@ -207,7 +182,7 @@ def predict(
 
 
 async def _predict_once(settings: Settings, trip: TripRequest) -> TripAnswer:
-    jobs = JobClient.from_settings(settings)
+    jobs = PredictionClient.from_settings(settings)
     await jobs.start(wait_s=settings.redis_connect_timeout_s + 1)
     try:
         return await jobs.predict(trip, settings.request_timeout_s)
@@ -216,7 +191,7 @@ async def _predict_once(settings: Settings, trip: TripRequest) -> TripAnswer:
 
 
 async def _live_workers(settings: Settings) -> list[WorkerInfo]:
-    jobs = JobClient.from_settings(settings)
+    jobs = PredictionClient.from_settings(settings)
     try:
         return await jobs.workers(settings.worker_ttl_s)
     finally:

@@ -1,14 +1,12 @@
 """`tripq models`: list the model versions, and promote, canary or roll back one, live.
 
-Each command checks what it is asked to serve (the artifact's hash, its feature schema, a smoke
-prediction) before it writes the routing (core.online.routing) to Redis; workers follow within a
-second, and API processes within half a second, without a restart. CURRENT in the artifact directory
-follows the current version too, so a fleet started afresh serves the same one.
+Each command checks what it is asked to serve before it writes the routing; the checks, the
+writing and the wait for the fleet are core.model.rollout's. Here: parsing and printing.
 """
 
 import time
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import redis
 import typer
@@ -18,80 +16,33 @@ from rich.table import Table
 
 from config import Settings, get_settings
 from core.errors import TripqError
-from core.infra.redis_clients import sync_client
-from core.model.registry import CARD_FILE, read_card, read_current, resolve_model_dir, write_current
-from core.online import fleet
-from core.online.routing import ROUTING_KEY, Routing
-from core.online.schemas import WorkerInfo
+from core.model.registry import CARD_FILE, read_card, resolve_model_dir
+from core.model.rollout import (
+    await_followers,
+    check_servable,
+    live_workers,
+    read_routing,
+    routing_client,
+    write_routing,
+)
+from core.online.routing import Routing
 
 models_app = typer.Typer(
     help="List model versions; promote, canary or roll back one on the live fleet.",
     no_args_is_help=True,
 )
 
-_FOLLOW_WAIT_S = 15.0  # how long a command waits to see the fleet follow
-
-
-def _client(settings: Settings) -> "redis.Redis":
-    return sync_client(settings, settings.broker_url)
-
-
-def _routing(client: "redis.Redis", settings: Settings) -> Routing:
-    """The routing in Redis; before any, the version CURRENT (or SERVING_VERSION) names."""
-    routing = Routing.from_hash(client.hgetall(ROUTING_KEY))
-    if routing.current is None:
-        current = settings.serving_version or read_current(settings.artifact_dir)
-        routing = Routing(current, routing.previous, routing.canary, routing.canary_share)
-    return routing
-
-
-def _live(client: "redis.Redis", settings: Settings) -> list[WorkerInfo]:
-    since = time.time() - settings.worker_ttl_s
-    seen = cast(
-        list[tuple[bytes | str, float]],
-        client.zrangebyscore(fleet.WORKERS_KEY, since, "+inf", withscores=True),
-    )
-    return fleet.live_workers(seen, client.hgetall(fleet.WORKERS_INFO_KEY))
-
-
-def _checked(settings: Settings, version: str) -> None:
-    """Load `version` as a worker would; raise (InvalidArtifact, ModelError) if it cannot serve."""
-    from core.model.artifact import load_model  # scikit-learn: only when a command needs it
-
-    load_model(resolve_model_dir(settings.artifact_dir, version))
-
 
 def _apply(console: Console, settings: Settings, change: str, routing: Routing) -> None:
-    """Write CURRENT and `routing`, then wait (boundedly) to see the live workers follow it.
-
-    CURRENT first: if it cannot be written nothing has changed yet, and if Redis then fails,
-    CURRENT is put back.
-    """
-    assert routing.current is not None
-    try:
-        before: str | None = read_current(settings.artifact_dir)
-    except TripqError:
-        before = None
-    write_current(settings.artifact_dir, routing.current)
-    with _client(settings) as client:
-        try:
-            client.hset(ROUTING_KEY, mapping=routing.to_hash())
-        except redis.RedisError:
-            if before is not None:
-                write_current(settings.artifact_dir, before)
-            raise
+    """Write CURRENT and `routing`, say so, then wait (boundedly) to see the live workers follow."""
+    with routing_client(settings) as client:
+        write_routing(client, settings, routing)
         console.print(f"{change}: current {routing.current}", end="")
         if routing.canary:
             console.print(f", canary {routing.canary} at {routing.canary_share:.0%}", end="")
         console.print()
-        deadline = time.monotonic() + _FOLLOW_WAIT_S
-        while True:
-            workers = _live(client, settings)
-            following = [w for w in workers if w.model_version == routing.current]
-            if len(following) == len(workers) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    console.print(f"{len(following)} of {len(workers)} live workers serve {routing.current}")
+        following, workers = await_followers(client, settings, routing)
+    console.print(f"{following} of {workers} live workers serve {routing.current}")
 
 
 @models_app.command("list")
@@ -100,9 +51,9 @@ def list_models() -> None:
     settings = get_settings()
     console = Console()
     try:
-        with _client(settings) as client:
-            routing = _routing(client, settings)
-            workers = _live(client, settings)
+        with routing_client(settings) as client:
+            routing = read_routing(client, settings)
+            workers = live_workers(client, settings)
     except redis.RedisError as exc:
         console.print(f"[red]error:[/] Redis does not answer: {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -140,9 +91,9 @@ def promote(version: Annotated[str, typer.Argument(help="The version to make cur
     settings = get_settings()
     console = Console()
     try:
-        _checked(settings, version)
-        with _client(settings) as client:
-            routing = _routing(client, settings).promoted(version)
+        check_servable(settings, version)
+        with routing_client(settings) as client:
+            routing = read_routing(client, settings).promoted(version)
         _apply(console, settings, "promoted", routing)
     except (TripqError, redis.RedisError) as exc:
         _refuse(console, f"{version} not promoted", exc)
@@ -161,9 +112,11 @@ def canary(
     console = Console()
     try:
         if share > 0:
-            _checked(settings, version)
-        with _client(settings) as client:
-            routing = _routing(client, settings).with_canary(version if share > 0 else None, share)
+            check_servable(settings, version)
+        with routing_client(settings) as client:
+            routing = read_routing(client, settings).with_canary(
+                version if share > 0 else None, share
+            )
         _apply(console, settings, "canary set" if share > 0 else "canary ended", routing)
     except (TripqError, redis.RedisError) as exc:
         _refuse(console, f"canary {version} not set", exc)
@@ -175,12 +128,12 @@ def rollback() -> None:
     settings = get_settings()
     console = Console()
     try:
-        with _client(settings) as client:
-            current = _routing(client, settings)
+        with routing_client(settings) as client:
+            current = read_routing(client, settings)
         if current.previous is None:
             console.print("[red]error:[/] there is no previous version to roll back to")
             raise typer.Exit(1)
-        _checked(settings, current.previous)
+        check_servable(settings, current.previous)
         _apply(console, settings, "rolled back", current.rolled_back())
     except (TripqError, redis.RedisError) as exc:
         _refuse(console, "not rolled back", exc)

@@ -1,12 +1,11 @@
 """gunicorn settings of the API; `tripq api` flags override bind and workers."""
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from config import get_settings
+from config import get_settings, prometheus_multiproc_dir, set_prometheus_multiproc_dir
 from core.infra.logs import configure_logging
 
 _settings = get_settings()
@@ -14,8 +13,8 @@ _settings = get_settings()
 # Metrics of all the API processes, summed by whichever one a scrape reaches (core.infra.metrics): a
 # folder of their own for this gunicorn (or the operator's), set before any worker forks and
 # imports prometheus_client, which reads it once at import; so nothing here may import it.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_own_metrics_dir = MULTIPROC_ENV not in os.environ
+# prometheus_client reads only the environment, hence config's setter of PROMETHEUS_MULTIPROC_DIR.
+_own_metrics_dir = prometheus_multiproc_dir() is None
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
@@ -33,8 +32,8 @@ def on_starting(server: Any) -> None:
     """Route gunicorn's own logging into loguru, and start the metrics afresh, before any
     worker forks."""
     if _own_metrics_dir:
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="tripq-api-metrics-")
-    for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
+        set_prometheus_multiproc_dir(tempfile.mkdtemp(prefix="tripq-api-metrics-"))
+    for stale in Path(str(prometheus_multiproc_dir())).glob("*.db"):
         stale.unlink()
     configure_logging(
         "gunicorn",
@@ -54,4 +53,4 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     """Remove the metrics folder this gunicorn made."""
     if _own_metrics_dir:
-        shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
+        shutil.rmtree(str(prometheus_multiproc_dir()), ignore_errors=True)

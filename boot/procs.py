@@ -6,13 +6,14 @@ while it keeps crashing soon after its start: the others serve meanwhile, as in 
 orchestrator, and nobody has to restart the whole group.
 """
 
-import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+
+from core.infra.launch import start_process, stop_processes
 
 _POLL_S = 0.2
 _FIRST_PAUSE_S = 1.0
@@ -34,7 +35,7 @@ class Child:
 
     def spawn(self) -> None:
         """Start, in a session of its own so a terminal's Ctrl-C reaches only the supervisor."""
-        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.process = start_process(self.argv, self.env)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -96,14 +97,5 @@ class ProcessGroup:
 
     def stop(self, timeout_s: float) -> None:
         """Send SIGTERM to every child, newest first; SIGKILL whatever outlives `timeout_s`."""
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for child in reversed(self.children):
-            try:
-                child.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(child.process.pid, signal.SIGKILL)
-                child.process.wait()
+        stop_processes([child.process for child in self.children], timeout_s)
         self.children.clear()

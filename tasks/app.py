@@ -30,7 +30,7 @@ def visibility_timeout_s(settings: Settings) -> float:
     Sized against the longest task: every task expires with its request's deadline, at most
     REQUEST_TIMEOUT_MAX_S after it was sent, and a worker that takes it later discards it at
     once. So a live worker never holds a task longer than that plus the margin, and only the
-    tasks of a dead worker are given back (see tasks.worker). Shorter, a slow worker's tasks
+    tasks of a dead worker are given back (core.worker.restorer). Shorter, a slow worker's tasks
     would run twice; longer (kombu's default is an hour), a dead worker's would wait for it.
     """
     return settings.request_timeout_max_s + VISIBILITY_MARGIN_S
@@ -81,7 +81,7 @@ app.conf.update(
     result_backend_thread_safe=True,
     # A task is acknowledged after it ran, and given back to the queue if its worker dies
     # mid-task: at once when a pool child dies (reject_on_worker_lost, for a prefork pool), and
-    # after the visibility timeout when the worker process itself is killed (tasks.worker).
+    # after the visibility timeout when the worker process itself is killed (core.worker.restorer).
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # No prefetch limit: the gevent pool itself blocks the consumer when all greenlets are busy.

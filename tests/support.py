@@ -5,17 +5,13 @@ import contextlib
 import http.server
 import itertools
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,7 +20,8 @@ import redis
 import uvloop
 
 from bench.loadgen import post_head, read_reply
-from config import Settings
+from config import Settings, child_environment
+from core.infra.launch import Child, tripq_argv, worker_argv
 from core.infra.redis_clients import is_sentinel, sync_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,31 +48,11 @@ def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> 
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
-class Service:
+class Service(Child):
     """A `tripq` subcommand run as a child process, its output kept in a log file."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "boot.cli", *args],
-            env=env,
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        """Tell whether the process still runs."""
-        return self.process.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        """Return the end of the process's output, for failure messages."""
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
+        super().__init__(name, tripq_argv(*args), env, log_dir, STOP_TIMEOUT_S)
 
     def finish(self, timeout_s: float) -> int:
         """Wait for the process to exit by itself; return its exit code."""
@@ -85,25 +62,11 @@ class Service:
             self.stop()
         return self.process.returncode
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Stop the process (and its children) and reap it; return its exit code."""
-        if self.alive():
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if not self._log.closed:
-            self._log.close()
-        return self.process.returncode
-
 
 def tripq_env(redis_url: str, log_dir: Path, **settings: object) -> dict[str, str]:
     """Build a child's environment: this Redis, logs under `log_dir`, and any setting overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env = child_environment(REDIS_URL=redis_url, LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1")
     # Workers serve no metrics port unless a test asks: many run on this one host at once.
-    env.update(REDIS_URL=redis_url, LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1")
     env.setdefault("WORKER_METRICS_PORT", "0")
     env.update({name.upper(): str(value) for name, value in settings.items()})
     return env
@@ -191,24 +154,12 @@ class WorkerProcess(Service):
     """
 
     def __init__(self, index: int, env: dict[str, str], log_dir: Path, concurrency: int) -> None:
-        # Imported here: boot.cli pulls in the CLI's dependencies, which most tests never need.
-        from boot.cli import worker_argv
-        from config import Settings
-
         settings = Settings.model_validate({"log_level": env.get("LOG_LEVEL", "INFO")})
-        self.name = f"worker-trip{index}-{time.monotonic_ns()}"
         self.hostname = f"trip{index}@{socket.gethostname()}"
         self.started_at = time.time()
-        self.log_path = log_dir / f"{self.name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            worker_argv(settings, index, concurrency),
-            env=env,
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        name = f"worker-trip{index}-{time.monotonic_ns()}"
+        argv = worker_argv(settings, index, concurrency)
+        Child.__init__(self, name, argv, env, log_dir, STOP_TIMEOUT_S)
 
 
 def heartbeat_since(client: redis.Redis, hostname: str, since: float) -> bool:

@@ -8,7 +8,7 @@
 The sentinel:// form is Celery's own (kombu's broker transport, Celery's result backend), so the
 workers read the same REDIS_URL; the password and database of the first URL are the master's.
 With Sentinel every client asks for the master on each new connection, so after a failover the
-reconnects tripq makes anyway (core.online.client, tasks.worker) reach the new master.
+reconnects tripq makes anyway (core.online.client, core.worker) reach the new master.
 """
 
 from dataclasses import dataclass

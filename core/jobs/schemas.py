@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from core.trip.schemas import EXAMPLE_TRIP, BatchRequest, TripOutcome, TripRequest
+from core.trip.schemas import EXAMPLE_TRIP, BatchRequest, TripColumns, TripOutcome, TripRequest
 
 CallbackUrl = Annotated[
     HttpUrl,
@@ -31,6 +31,21 @@ class JobBatch(BatchRequest):
     )
 
     callback_url: CallbackUrl | None = None
+
+
+class JobPayload(BaseModel):
+    """What a job carries from the API to its worker: the trips to predict, and those refused.
+
+    Stored as JSON in the job's hash (`payload`, core.jobs.store); the pinned model version and
+    the callback URL are fields of that hash beside it. Field names are the wire format: jobs
+    queued by an older API must still decode.
+    """
+
+    columns: TripColumns = Field(description="The valid trips, as a batch task's columns.")
+    request_ids: list[str] = Field(description="Each valid trip's request id, in order.")
+    refused: dict[int, TripOutcome] = Field(
+        default_factory=dict, description="The refusal of each invalid trip, by its position."
+    )
 
 
 class JobState(StrEnum):

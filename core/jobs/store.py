@@ -6,15 +6,16 @@
     DELETE ─ CANCEL ─> canceled            (queued only)
     a read or a claim past expires_at ───> expired   (never started in time)
     ... past started_at + run timeout ───> failed    (its worker and its task were lost)
-                     concluded, with a callback_url ─> tripq:webhooks (see tasks.trip.jobs)
+                     concluded, with a callback_url ─> tripq:webhooks (core.jobs.schedule)
 
 Every transition is one Lua script, so a job never has two states at once: a cancel and a claim
 racing for one queued job see each other's outcome, and a job and its task message are written
 together or not at all. A concluded job stays readable for JOB_RESULT_TTL_S, then its key expires
 and its id answers 404. With Redis's append-only file on, an accepted job survives a Redis
-restart, and its task, taken by a worker that dies, goes back to the queue (tasks.worker).
+restart, and its task, taken by a worker that dies, goes back to the queue (core.worker.restorer).
 
-The API (asyncio) and the workers (gevent, blocking client) share the scripts and the keys here.
+The API (asyncio) and the workers (gevent, blocking client) share the scripts and the keys here;
+the webhook schedule's own scripts live in core.jobs.schedule.
 """
 
 import hashlib
@@ -199,7 +200,7 @@ def _job_args(job_id: str, result_ttl_s: int, run_timeout_s: float) -> tuple[lis
     return [job_key(job_id), WEBHOOKS_KEY], [job_id, time.time(), result_ttl_s, run_timeout_s]
 
 
-def _view_fields(values: list[Any]) -> dict[str, str]:
+def view_fields(values: list[Any]) -> dict[str, str]:
     """Name the values read for VIEW_FIELDS, leaving out those the job does not have."""
     if not values:
         return {}
@@ -302,7 +303,7 @@ class JobStore:
         if not JOB_ID.fullmatch(job_id):
             return None
         values = await self._read(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
-        fields = _view_fields(values or [])
+        fields = view_fields(values or [])
         return job_view(job_id, fields) if "state" in fields else None
 
     async def cancel(self, job_id: str) -> str | None:
@@ -353,72 +354,3 @@ class JobRunner:
             ],
         )
         return bool(done)
-
-
-# KEYS: webhooks. ARGV: now, lease, most. Takes up to `most` deliveries that are due, and makes
-# each due again `lease` seconds later: a worker that dies while delivering leaves it to another.
-_TAKE_DELIVERIES = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, id in ipairs(due) do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-end
-return due
-"""
-
-
-# KEYS: job, webhooks. ARGV: id, callback state, attempt, error, when due again (if pending).
-# A job removed meanwhile (its result expired) is not written back as a stray hash.
-_RECORD_DELIVERY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-redis.call('HSET', KEYS[1], 'callback_state', ARGV[2], 'callback_attempts', ARGV[3],
-           'callback_error', ARGV[4])
-if ARGV[2] == 'pending' then
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return 1
-"""
-
-
-class WebhookQueue:
-    """The deliveries that are due, shared by every worker (blocking client)."""
-
-    def __init__(self, client: redis.Redis, *, max_attempts: int) -> None:
-        self._client = client
-        self._max_attempts = max_attempts
-        self._take = client.register_script(_TAKE_DELIVERIES)
-        self._record = client.register_script(_RECORD_DELIVERY)
-
-    def take(self, lease_s: float, most: int) -> list[str]:
-        """Take the ids of up to `most` jobs whose webhook is due, for `lease_s` seconds."""
-        due = self._take(keys=[WEBHOOKS_KEY], args=[time.time(), lease_s, most])
-        return [job_id.decode() for job_id in due]
-
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        """Give the view of the job to deliver, or None (and drop the delivery) when it is gone."""
-        fields = _view_fields(self._client.hmget(job_key(job_id), VIEW_FIELDS))
-        if "state" not in fields or "callback_url" not in fields:
-            self._client.zrem(WEBHOOKS_KEY, job_id)
-            return None
-        return job_view(job_id, fields)
-
-    def record(
-        self, job_id: str, attempt: int, error: str, retry_in_s: float, *, final: bool = False
-    ) -> str:
-        """Record delivery `attempt` ('' error: delivered; `final`: no retry); return the
-        callback's state now."""
-        if not error:
-            state = "delivered"
-        elif final or attempt >= self._max_attempts:
-            state = "failed"
-        else:
-            state = "pending"
-        self._record(
-            keys=[job_key(job_id), WEBHOOKS_KEY],
-            args=[job_id, state, attempt, error, time.time() + retry_in_s],
-        )
-        return state

@@ -26,8 +26,8 @@ from core.infra.embedded_redis import EmbeddedRedis
 from core.jobs.schemas import JobState
 from core.jobs.store import JobStore, job_key
 from core.model.artifact import TripModel
+from core.worker.restorer import RESTORE_EVERY_S
 from tasks.app import visibility_timeout_s
-from tasks.worker import RESTORE_EVERY_S
 from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, short_deadline_env
 from tests.support import start_api, start_workers, tripq_env, wait_until
 

@@ -20,8 +20,8 @@ import redis
 
 from config import Settings
 from core.infra.embedded_redis import EmbeddedRedis
+from core.worker.restorer import RESTORE_EVERY_S
 from tasks.app import visibility_timeout_s
-from tasks.worker import RESTORE_EVERY_S
 from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
 from tests.support import (
     Load,

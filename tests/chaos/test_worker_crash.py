@@ -22,9 +22,9 @@ import redis
 
 from config import Settings
 from core.online import protocol
-from core.online.client import PREDICT_BATCH_TASK
+from core.online.sender import PREDICT_BATCH_TASK
+from core.worker.restorer import RESTORE_EVERY_S
 from tasks.app import visibility_timeout_s
-from tasks.worker import RESTORE_EVERY_S
 from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, Scale, short_deadline_env
 from tests.support import (
     Load,

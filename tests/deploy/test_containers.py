@@ -123,7 +123,7 @@ def _labels(*names: str) -> frozenset[str]:
 
 
 # The metrics tripq serves (core/infra/metrics.py on each API replica's /metrics, summed over its
-# gunicorn processes; tasks/metrics.py on each worker process's WORKER_METRICS_PORT + n - 1),
+# gunicorn processes; core/worker/metrics.py on each worker process's WORKER_METRICS_PORT + n - 1),
 # and Prometheus' own `up`. Dashboards and alerts may name these and nothing else.
 METRICS: dict[str, Metric] = {
     "tripq_requests_total": Metric("counter", _labels("endpoint", "code")),
@@ -1876,9 +1876,9 @@ def test_metric_contract_is_what_the_code_serves() -> None:
     script = """
 import json
 from prometheus_client.metrics import MetricWrapperBase
-import core.infra.metrics, tasks.metrics
+import core.infra.metrics, core.worker.metrics
 served = {}
-for module in (core.infra.metrics, tasks.metrics):
+for module in (core.infra.metrics, core.worker.metrics):
     for value in vars(module).values():
         if isinstance(value, MetricWrapperBase):
             (family,) = value.describe()
