@@ -182,20 +182,20 @@ def predict(
 
 
 async def _predict_once(settings: Settings, trip: TripRequest) -> TripAnswer:
-    jobs = PredictionClient.from_settings(settings)
-    await jobs.start(wait_s=settings.redis_connect_timeout_s + 1)
+    predictor = PredictionClient.from_settings(settings)
+    await predictor.start(wait_s=settings.redis_connect_timeout_s + 1)
     try:
-        return await jobs.predict(trip, settings.request_timeout_s)
+        return await predictor.predict(trip, settings.request_timeout_s)
     finally:
-        await jobs.close()
+        await predictor.close()
 
 
 async def _live_workers(settings: Settings) -> list[WorkerInfo]:
-    jobs = PredictionClient.from_settings(settings)
+    predictor = PredictionClient.from_settings(settings)
     try:
-        return await jobs.workers(settings.worker_ttl_s)
+        return await predictor.workers(settings.worker_ttl_s)
     finally:
-        await jobs.close()
+        await predictor.close()
 
 
 def _ensure_redis(settings: Settings) -> EmbeddedRedis | None:

@@ -34,8 +34,9 @@ class Child:
     restart_at: float | None = None  # set while it waits to be started again
 
     def spawn(self) -> None:
-        """Start, in a session of its own so a terminal's Ctrl-C reaches only the supervisor."""
-        self.process = start_process(self.argv, self.env)
+        """Start, in a session of its own so a terminal's Ctrl-C reaches only the supervisor, and
+        ending with it even when it is SIGKILLed."""
+        self.process = start_process(self.argv, self.env, end_with_parent=True)
         self.started_at = time.monotonic()
         self.restart_at = None
 

@@ -10,12 +10,13 @@
 their processes from here, so a worker or an API runs with one command line wherever it starts.
 """
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO
@@ -26,6 +27,7 @@ GUNICORN_CONF = PROJECT_ROOT / "boot" / "gunicorn_conf.py"
 API_APP = "apps.main:app"
 STOP_TIMEOUT_S = 20.0  # how long a Child has to exit after its signal, by default
 _POLL_S = 0.05
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def gunicorn_argv(app: str, host: str, port: int, workers: int) -> list[str]:
@@ -82,20 +84,45 @@ def start_process(
     env: Mapping[str, str],
     log: IO[bytes] | None = None,
     cwd: Path | None = None,
+    *,
+    end_with_parent: bool = False,
 ) -> "subprocess.Popen[bytes]":
     """Start a child in a session of its own (a terminal's Ctrl-C reaches only its parent), in
-    `cwd` (None: this one's); its output goes to `log`, or where its parent's goes."""
+    `cwd` (None: this one's); its output goes to `log`, or where its parent's goes.
+
+    `end_with_parent`: the child gets SIGTERM when this process dies, even by SIGKILL (Linux),
+    so a supervisor's workers never run on as orphans, heartbeating and taking tasks.
+    """
+    preexec = _parent_death_signal(os.getpid()) if end_with_parent else None
     if log is None:
-        return subprocess.Popen(list(argv), cwd=cwd, env=dict(env), start_new_session=True)
+        return subprocess.Popen(
+            list(argv), cwd=cwd, env=dict(env), start_new_session=True, preexec_fn=preexec
+        )
     return subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=dict(env),
         start_new_session=True,
+        preexec_fn=preexec,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def _parent_death_signal(parent: int) -> Callable[[], None] | None:
+    """Make the function a child runs before exec to be sent SIGTERM when `parent` dies."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: children of a killed supervisor must be stopped by hand
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def stop_processes(

@@ -129,7 +129,7 @@ def _chunk_columns(plan: ScoringPlan, index: int) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class _Sender:
-    """Send chunks through the job client, each again after a timeout or a Redis blip."""
+    """Send chunks through the prediction client, each again after a timeout or a Redis blip."""
 
     client: PredictionClient
     timeout_s: float

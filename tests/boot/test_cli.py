@@ -64,6 +64,32 @@ def test_worker_processes_start_heartbeat_and_stop_together(
     assert redis_client.zcard("tripq:workers") == 0
 
 
+def test_worker_processes_end_with_their_supervisor_when_it_is_sigkilled(
+    redis_url: str, redis_client: redis.Redis, log_dir: Path
+) -> None:
+    workers = Service(
+        "workers-orphans",
+        ["worker", "--processes", "2", "--concurrency", "2"],
+        tripq_env(redis_url, log_dir),
+        log_dir,
+    )
+    try:
+        wait_until(
+            lambda: redis_client.zcard("tripq:workers") == 2, START_TIMEOUT_S, "two heartbeats"
+        )
+        children = psutil.Process(workers.process.pid).children()
+        assert len(children) == 2
+    finally:
+        workers.process.kill()  # the supervisor only: its children are not signalled
+        workers.process.wait()
+        workers.stop()  # reaped already: this only closes its log
+
+    # They get SIGTERM from the kernel and stop as on any SIGTERM: their heartbeats go too.
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []
+    assert redis_client.zcard("tripq:workers") == 0
+
+
 def test_a_worker_process_that_dies_is_started_again_while_the_other_serves(
     redis_url: str, redis_client: redis.Redis, log_dir: Path
 ) -> None:
