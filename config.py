@@ -177,6 +177,17 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
+    def _default_deadline_within_cap(self) -> "Settings":
+        # Tasks are sized against the cap (tasks.app.visibility_timeout_s): a longer default
+        # deadline would let a live worker's task be given back to the queue and run twice.
+        if self.request_timeout_s > self.request_timeout_max_s:
+            raise ValueError(
+                f"REQUEST_TIMEOUT_S ({self.request_timeout_s:g}) must not exceed "
+                f"REQUEST_TIMEOUT_MAX_S ({self.request_timeout_max_s:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _job_outlives_redelivery(self) -> "Settings":
         if self.job_run_timeout_s <= self.request_timeout_max_s + 10:
             raise ValueError("JOB_RUN_TIMEOUT_S must exceed REQUEST_TIMEOUT_MAX_S + 10")

@@ -33,7 +33,9 @@ from tests.support import start_api, start_workers, tripq_env, wait_until
 
 SETTINGS = Settings()
 JOBS_QUEUE = SETTINGS.job_queue
-VISIBILITY_S = visibility_timeout_s(Settings(request_timeout_max_s=DEADLINE_S))
+VISIBILITY_S = visibility_timeout_s(
+    Settings(request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S)
+)
 # Put back after the visibility timeout, a sweep, and a restore mutex the killed worker may hold.
 PUT_BACK_WITHIN_S = VISIBILITY_S + RESTORE_EVERY_S + 10
 # A job long enough to be caught running: a million trips, a few seconds of a worker here.

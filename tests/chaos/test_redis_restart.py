@@ -37,7 +37,9 @@ from tests.support import (
 SLACK_S = 1.0
 OUTAGE_REPLY_S = 1.0  # the longest a refusal may take while Redis is down
 RECOVERY_S = 5.0  # the longest from Redis's return to the next prediction
-VISIBILITY_S = visibility_timeout_s(Settings(request_timeout_max_s=DEADLINE_S))
+VISIBILITY_S = visibility_timeout_s(
+    Settings(request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S)
+)
 # How long a frozen Redis may go unnoticed: a stopped or killed one closes its connections, which
 # every client sees at once; a frozen one (SIGSTOP: as a network partition or a stalled host)
 # says nothing, and only a deadline on each call can tell.

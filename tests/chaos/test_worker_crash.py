@@ -40,7 +40,9 @@ from tests.support import (
 QUEUE = "tasks.trip"
 SLACK_S = 1.0  # how late past its deadline a reply may come on this noisy machine
 STOP_S = 20.0  # bound on a worker's exit once killed or told to stop
-VISIBILITY_S = visibility_timeout_s(Settings(request_timeout_max_s=DEADLINE_S))
+VISIBILITY_S = visibility_timeout_s(
+    Settings(request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S)
+)
 # Visibility timeout, then a sweep, then a restore mutex a killed sweeper may have left behind.
 RESTORED_WITHIN_S = VISIBILITY_S + RESTORE_EVERY_S + 5 + 5
 # A task long enough to be caught running: 1M trips, a 15 MB message, ~2.5 s of a worker here.
