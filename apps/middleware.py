@@ -72,11 +72,18 @@ class RequestTracking:
 
 
 class BodySizeLimit:
-    """Refuse bodies over `max_bytes` with 413: by Content-Length at once, else while reading."""
+    """Refuse bodies over `max_bytes` with 413: by Content-Length at once, else while reading.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Before the 413 goes out, what the client is still sending is read and dropped, up to
+    `drain_bytes`: a server that replies and closes with a body unread makes the client's
+    kernel see a reset, and clients such as urllib and requests then report "connection reset"
+    instead of the 413. Past `drain_bytes` the connection is closed regardless.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int = 64 * 1024 * 1024) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +91,8 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= self.drain_bytes:
+                await _drain(receive, 0)
             await self._refuse(send)
             return
         seen = 0
@@ -93,6 +102,8 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                if message.get("more_body", False):
+                    await _drain(receive, self.drain_bytes - seen)
                 # Raised inside the route's body read, so the app's handler answers it.
                 raise HTTPException(413, self._message)
             return message
@@ -119,6 +130,18 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of a request's body; stop after `budget` bytes (0: no bound)."""
+    read = 0
+    while True:
+        message = await receive()
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False) or message["type"] != "http.request":
+            return
+        if budget and read >= budget:
+            return
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -1,12 +1,15 @@
 """What the API refuses before queueing work: keys, content types, sizes, deadlines, overload."""
 
 import asyncio
+import http.client
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -85,6 +88,26 @@ def test_body_over_the_size_limit_answers_413(api: str) -> None:
 
     assert reply.status_code == 413
     assert reply.json()["reply_code"] == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_python_client_sending_a_large_body_receives_the_413(api: str, chunked: bool) -> None:
+    # Replying with most of a body unread would make urllib see "connection reset", not a 413.
+    url = urlsplit(api)
+    body = b'{"request_id": "' + b"x" * (24 * 1024 * 1024) + b'"}'
+    headers = {**KEY, "content-type": "application/json"}
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    try:
+        if chunked:
+            chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+            connection.request("POST", "/v1/trip/predict", chunks, headers, encode_chunked=True)
+        else:
+            connection.request("POST", "/v1/trip/predict", body, headers)
+        reply = connection.getresponse()
+        assert reply.status == 413
+        assert orjson.loads(reply.read())["reply_code"] == 1
+    finally:
+        connection.close()
 
 
 def test_non_json_content_type_answers_415(api: str) -> None:
