@@ -1,9 +1,9 @@
 """A sustained load at 256 clients: every request answered in time, and Redis left as it was.
 
-Every request gets its correct prediction or an explicit refusal (429 or 503, with Retry-After
-and a JSON body), none later than its deadline + 1 s; afterwards the service is ready, and Redis
-holds the same keys as before the load (no result is left behind), no more connections than the
-pools opened in the warm-up, and no more memory than MEMORY_GROWTH_BYTES beyond it.
+Every request gets its correct prediction (200; no refusal, no timeout), none later than its
+deadline + 1 s; afterwards the service is ready, and Redis holds the same keys as before the load
+(no result is left behind), no more connections than the pools opened in the warm-up, and no
+more memory than MEMORY_GROWTH_BYTES beyond it.
 
     .venv/bin/pytest tests/chaos/test_load.py -q                  # 5,000 requests (CI)
     CHAOS_FULL=1 .venv/bin/pytest tests/chaos/test_load.py -q     # 100,000 requests
@@ -113,8 +113,8 @@ def test_sustained_load_is_answered_in_time_and_leaves_redis_as_it_was(
         f"({len(outcomes) / elapsed:,.0f}/s): {dict(kinds)}, {latency_summary(outcomes)}"
     )
     figures(f"Redis before: {before.describe()}; after: {after.describe()}")
-    assert len(outcomes) == scale.load_requests
-    assert set(kinds) <= {"ok", "overloaded", "unavailable"}, kinds
+    # Every request answered with the model's answer: the fleet keeps up, so none is refused.
+    assert kinds == Counter({"ok": scale.load_requests}), kinds
     assert slowest <= DEADLINE_S + SLACK_S
     assert wrong_durations(outcomes) == []
     assert ready.status_code == 200

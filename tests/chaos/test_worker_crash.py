@@ -111,12 +111,15 @@ def test_worker_sigkill_under_load_answers_every_request_by_its_deadline_with_20
         )
         figures(f"latency: {latency_summary(outcomes)}")
         assert len(outcomes) == len(trips)
-        assert set(kinds) <= {"ok", "timeout", "unavailable"}, kinds
+        # Redis stays up, so nothing is refused: each request gets the model's answer, or a 504
+        # at its deadline.
+        assert set(kinds) <= {"ok", "timeout"}, kinds
         assert late == []
         assert wrong_durations(outcomes) == []
         # Only the requests in flight on the dead worker, and those that waited behind them for
-        # the API's batch slots, may time out.
+        # the API's batch slots, may time out: every other one is answered.
         assert kinds["timeout"] <= 2 * scale.concurrency
+        assert kinds["ok"] == len(trips) - kinds["timeout"]
 
         # The survivor answers, and what the dead worker held goes back to the queue once the
         # visibility timeout has passed; expired by then, it is discarded, not computed.
