@@ -122,6 +122,11 @@ class FleetView(Watch):
                 pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
                 pipe.hgetall(WORKERS_INFO_KEY)
                 _, seen, info = await pipe.execute()
+            # A killed worker never says goodbye: its info record goes with its heartbeat. (One
+            # that starts between these reads loses its record until its next beat rewrites it.)
+            gone = set(info) - {name for name, _ in seen}
+            if gone:
+                await self._broker.hdel(WORKERS_INFO_KEY, *gone)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable("the broker is not reachable") from exc
         return live_workers(seen, info, now)
