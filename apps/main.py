@@ -12,7 +12,6 @@ subscription (see core.online); a request that outlives its deadline gets reply_
 """
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -75,12 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await client.start(wait_s=_SUBSCRIBE_WAIT_S)
         watchers = [
             asyncio.create_task(watch_queue_depth(client.queue_depth, admission)),
-            asyncio.create_task(
-                export_queue_metrics(
-                    functools.partial(client.export_queues, [settings.job_queue]),
-                    _QUEUE_METRICS_EVERY_S,
-                )
-            ),
+            asyncio.create_task(export_queue_metrics(client.export_queues, _QUEUE_METRICS_EVERY_S)),
         ]
         logger.info("api ready", model_version=app.state.model_version)
         try:

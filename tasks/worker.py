@@ -2,8 +2,9 @@
 goodbye at exit.
 
 Once ready, a worker loads its model and starts the services of core.worker on their own threads
-(greenlets under gevent): its heartbeat, its routing follower, and the sweep that gives a dead
-worker's unacknowledged tasks back to their queue. Everything is made lazily, once per process
+(greenlets under gevent): its heartbeat, its routing follower, the sweep that gives a dead
+worker's unacknowledged tasks back to their queue, and the sweep of the queues of versions no
+longer served. Everything is made lazily, once per process
 (core.worker.process): importing this module opens no connection.
 """
 
@@ -32,8 +33,9 @@ from core.infra.logs import configure_logging
 from core.worker import metrics as worker_metrics
 from core.worker.follower import RoutingFollower
 from core.worker.heartbeat import Heartbeat, say_goodbye
-from core.worker.process import broker_client, build_shelf, serve_metrics, stopping
+from core.worker.process import broker_client, build_shelf, job_runner, serve_metrics, stopping
 from core.worker.restorer import AbandonedTaskRestorer
+from core.worker.sweeper import StrandedTaskSweeper
 from tasks.offload import run_off_hub, set_offload_threads, show_warnings_on_hub
 
 settings = get_settings()
@@ -97,7 +99,8 @@ def _configure_logging(**_: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _on_ready(sender: Any, **_: Any) -> None:
-    """Load the model, then start the heartbeat, the routing follower and the restorer."""
+    """Load the model, then start the heartbeat, the routing follower, the restorer and the
+    sweeper of stranded tasks."""
     name = sender.hostname
     set_offload_threads(settings.inference_threads)
     show_warnings_on_hub()
@@ -111,7 +114,9 @@ def _on_ready(sender: Any, **_: Any) -> None:
     client = broker_client()
     # Follow the routing once before the first heartbeat: a worker that says it holds a version
     # already takes that version's tasks.
-    follower = RoutingFollower(sender, client, model_shelf, queue=settings.queue)
+    follower = RoutingFollower(
+        sender, client, model_shelf, queues=(settings.queue, settings.job_queue)
+    )
     follower.follow()
     concurrency = int(sender.controller.concurrency) if sender.controller else 0
     heartbeat = Heartbeat(
@@ -124,6 +129,14 @@ def _on_ready(sender: Any, **_: Any) -> None:
     start_service("tripq-heartbeat", heartbeat.run)
     start_service("tripq-restore", AbandonedTaskRestorer(sender.app).run)
     start_service("tripq-routing", follower.run)
+    sweeper = StrandedTaskSweeper(
+        client,
+        job_runner(),
+        queues=(settings.queue, settings.job_queue),
+        worker_ttl_s=settings.worker_ttl_s,
+        name=name,
+    )
+    start_service("tripq-sweep", sweeper.run)
 
 
 def start_service(name: str, run: Callable[[threading.Event], None]) -> None:

@@ -137,7 +137,9 @@ async def accept_job(
         idempotency=idempotency,
         callback_url=callback,
         version=version,
-        job_queue=None if version is None else version_queue(settings.queue, version),
+        # A pinned job waits in its version's jobs queue, apart from the online one: a backlog
+        # of jobs never counts toward QUEUE_MAX_DEPTH nor delays a micro-batch.
+        job_queue=None if version is None else version_queue(settings.job_queue, version),
     )
     if created is None:
         raise Overloaded(f"{settings.jobs_max_queued} jobs are queued already; retry later")

@@ -4,15 +4,19 @@
                                    + its task on the jobs queue       (one script: both or none)
     worker ─ CLAIM ──> running ─ predict ─ CONCLUDE ─> succeeded | failed
     DELETE ─ CANCEL ─> canceled            (queued only)
-    a read or a claim past expires_at ───> expired   (never started in time)
+    a read or a claim past expires_at ───> expired   (never started in time; its task message
+                                          expires too, and the worker that discards it SETTLEs)
+    SWEEP of a retired version's queue ──> failed    (the pinned version is no longer served)
     ... past started_at + run timeout ───> failed    (its worker and its task were lost)
                      concluded, with a callback_url ─> tripq:webhooks (core.jobs.schedule)
 
 Every transition is one Lua script, so a job never has two states at once: a cancel and a claim
 racing for one queued job see each other's outcome, and a job and its task message are written
-together or not at all. A concluded job stays readable for JOB_RESULT_TTL_S, then its key expires
-and its id answers 404. With Redis's append-only file on, an accepted job survives a Redis
-restart, and its task, taken by a worker that dies, goes back to the queue (core.worker.restorer).
+together or not at all (a Redis full at maxmemory refuses the script before its first write:
+the API answers 503 and no job exists). A concluded job stays readable for JOB_RESULT_TTL_S,
+then its key expires and its id answers 404. With Redis's append-only file on, an accepted job
+survives a Redis restart, and its task, taken by a worker that dies, goes back to the queue
+(core.worker.restorer).
 
 The API (asyncio) and the workers (gevent, blocking client) share the scripts and the keys here;
 the webhook schedule's own scripts live in core.jobs.schedule.
@@ -32,8 +36,10 @@ from redis.asyncio import Redis as AsyncRedis
 from config import Settings
 from core.jobs.schemas import JobState
 from core.online import protocol
+from core.online.broker import refused_as_unavailable
 
 RUN_JOB_TASK = "tasks.trip.jobs.run_job"
+_JOB_TASK_PREFIX = "job-"  # a job's task id: the prefix, then the job id
 
 JOB_KEY_PREFIX = "tripq:job:"
 IDEMPOTENCY_KEY_PREFIX = "tripq:job-key:"
@@ -141,6 +147,31 @@ return state or false
 """
 )
 
+# Returns the state the job is in after the call: expired or failed once its time is up.
+_SETTLE = (
+    _CONCLUDE
+    + _JOB_ARGS
+    + """
+return expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout) or false
+"""
+)
+
+# ARGV[5]: why. Ends a job still waiting for its task (queued, or running with its task back in a
+# queue) as failed, for that reason; returns the state the job is in after the call.
+_ABANDON = (
+    _CONCLUDE
+    + _JOB_ARGS
+    + """
+local state = expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout)
+if state == 'queued' or state == 'running' then
+  redis.call('HSET', KEYS[1], 'error', ARGV[5])
+  conclude(KEYS[1], id, 'failed', now, ttl, KEYS[2])
+  return 'failed'
+end
+return state or false
+"""
+)
+
 # Returns {'running', payload, version} when this worker should run the job (a job whose worker
 # died is running already, and runs again), else {state}.
 _CLAIM = (
@@ -180,6 +211,18 @@ def job_key(job_id: str) -> str:
 def new_job_id() -> str:
     """Make a job id: 32 hex digits, unguessable."""
     return uuid.uuid4().hex
+
+
+def job_task_id(job_id: str) -> str:
+    """Name the task that runs a job."""
+    return _JOB_TASK_PREFIX + job_id
+
+
+def job_of_task(task_name: str | None, task_id: str | None) -> str | None:
+    """Give the id of the job a task runs, or None for a task that runs no job."""
+    if task_name != RUN_JOB_TASK or not task_id or not task_id.startswith(_JOB_TASK_PREFIX):
+        return None
+    return task_id.removeprefix(_JOB_TASK_PREFIX)
 
 
 def idempotency_key(scope: str, key: str) -> str:
@@ -266,12 +309,14 @@ class JobStore:
         instead, with the hash of the body that created it."""
         job_id = new_job_id()
         now = time.time()
+        # To the microsecond, as the message's expiry says it: both end the job's queueing at once.
+        expires = datetime.fromtimestamp(now + self._queue_timeout_s, UTC)
         fields: dict[str, str | float | int] = {
             "state": JobState.QUEUED,
             "trips": trips,
             "payload": orjson.dumps(payload).decode(),
             "created_at": now,
-            "expires_at": now + self._queue_timeout_s,
+            "expires_at": expires.timestamp(),
         }
         if callback_url:
             fields["callback_url"] = callback_url
@@ -279,21 +324,24 @@ class JobStore:
             fields["pinned_version"] = version
         queue = job_queue or self._queue
         message = protocol.encode_task(
-            task_id=f"job-{job_id}",
+            task_id=job_task_id(job_id),
             task_name=RUN_JOB_TASK,
             queue=queue,
             args=[job_id],
             kwargs={"sent_at": now},
-            expires=None,
+            # A message no worker took in time is discarded unrun, not kept and run for nothing
+            # (the job is expired by then); the worker that discards it settles the job.
+            expires=expires,
             origin=self._origin,
             ignore_result=True,
         )
         ttl = int(self._queue_timeout_s) + self._result_ttl_s
         flat = [str(x) for pair in fields.items() for x in pair]
-        answer = await self._create(
-            keys=[job_key(job_id), idempotency or "", queue, WEBHOOKS_KEY],
-            args=[job_id, self._max_queued, ttl, message, body_sha, *flat],
-        )
+        with refused_as_unavailable():
+            answer = await self._create(
+                keys=[job_key(job_id), idempotency or "", queue, WEBHOOKS_KEY],
+                args=[job_id, self._max_queued, ttl, message, body_sha, *flat],
+            )
         if answer[0] == b"full":
             return None
         return answer[0].decode(), answer[1].decode()
@@ -302,7 +350,8 @@ class JobStore:
         """Give a job's view, or None when no such job is kept."""
         if not JOB_ID.fullmatch(job_id):
             return None
-        values = await self._read(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+        with refused_as_unavailable():
+            values = await self._read(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
         fields = view_fields(values or [])
         return job_view(job_id, fields) if "state" in fields else None
 
@@ -310,7 +359,8 @@ class JobStore:
         """Cancel a job not yet started; return the state it is in afterwards (None: unknown)."""
         if not JOB_ID.fullmatch(job_id):
             return None
-        state = await self._cancel(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+        with refused_as_unavailable():
+            state = await self._cancel(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
         return state.decode() if state else None
 
 
@@ -322,6 +372,8 @@ class JobRunner:
         self._run_timeout_s = run_timeout_s
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._settle = client.register_script(_SETTLE)
+        self._abandon = client.register_script(_ABANDON)
 
     def claim(self, job_id: str) -> tuple[dict[str, Any], str | None] | str:
         """Start a job: its payload and pinned version, or the state that keeps it from running."""
@@ -330,6 +382,19 @@ class JobRunner:
             return str(answer[0].decode())
         version = answer[2].decode() or None
         return orjson.loads(answer[1]), version
+
+    def settle(self, job_id: str) -> str | None:
+        """Conclude a job whose time is up (its task expired unrun): expired, or failed when it
+        ran past its run timeout; return its state (None: no such job)."""
+        state = self._settle(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+        return state.decode() if state else None
+
+    def abandon(self, job_id: str, error: str) -> str | None:
+        """Conclude a job whose task will never run as failed with `error`, unless it has ended
+        already; return its state (None: no such job)."""
+        keys, args = _job_args(job_id, self._result_ttl_s, self._run_timeout_s)
+        state = self._abandon(keys=keys, args=[*args, error])
+        return state.decode() if state else None
 
     def finish(
         self,

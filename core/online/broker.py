@@ -3,15 +3,20 @@
 A Redis that is down closes its connections, which every client sees at once; a frozen one (a
 stalled host, a network partition) says nothing. Each send is bounded, and a watcher pings the
 broker so that requests are refused at once, not each after its own bounded wait.
+
+A full Redis (at `maxmemory`, under the `noeviction` policy tripq's deployments set) still
+answers pings and reads, but refuses every write that would grow it: a refused write is an
+outage too, answered alike (see `refused_as_unavailable`), and it ends once memory is freed.
 """
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from loguru import logger
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from core.errors import BackendUnavailable
 from core.infra import metrics
@@ -20,6 +25,30 @@ from core.online.watch import Watch
 
 SEND_TIMEOUT_S = 1.0
 _WATCH_EVERY_S = 0.25
+
+# How Redis words a write refused at maxmemory. redis-py raises OutOfMemoryError for a command,
+# but a script's refused write comes (from Redis 6) as a plain ResponseError that quotes it.
+_OOM_REPLY = "OOM command not allowed"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Tell whether Redis refused a write because it is full (maxmemory, noeviction)."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and _OOM_REPLY in str(exc)
+    )
+
+
+@contextlib.contextmanager
+def refused_as_unavailable() -> Iterator[None]:
+    """Raise BackendUnavailable (503, Retry-After) for a Redis that fails the calls in the
+    block: unreachable, or full. A script refused for memory wrote nothing (Redis checks
+    before its first write), so the caller's write is whole or absent, never half done."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        if is_out_of_memory(exc):
+            raise BackendUnavailable("Redis is full (maxmemory) and takes no new work") from exc
+        raise BackendUnavailable("the broker is not reachable") from exc
 
 
 class Broker(Watch):
@@ -48,10 +77,11 @@ class Broker(Watch):
         if not self._answers:
             raise BackendUnavailable("the broker is not reachable")
         try:
+            # The timeout outside: its TimeoutError is an OSError, which the inner block takes
+            # for a refusal, and a Redis that does not answer is unavailable until pinged.
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                await self._broker.lpush(queue, message)
-        except (RedisError, OSError) as exc:
-            raise BackendUnavailable("the broker is not reachable") from exc
+                with refused_as_unavailable():
+                    await self._broker.lpush(queue, message)
         except TimeoutError as exc:
             self._answers = False
             raise BackendUnavailable("the broker did not answer") from exc
@@ -68,13 +98,11 @@ class Broker(Watch):
 
     async def queue_depth(self, queues: Sequence[str]) -> int:
         """Count the tasks waiting in `queues`."""
-        try:
+        with refused_as_unavailable():
             async with self._broker.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     pipe.llen(queue)
                 return sum(int(n) for n in await pipe.execute())
-        except (RedisError, OSError) as exc:
-            raise BackendUnavailable("the broker is not reachable") from exc
 
     async def export_queues(self, queues: Sequence[str]) -> None:
         """Publish how many tasks wait in each queue, and how long the oldest has waited."""

@@ -61,12 +61,14 @@ class PredictionClient:
         broker: Redis,
         backend: Redis,
         queue: str,
+        job_queue: str = "tasks.trip.jobs",
         batch_max_size: int = 256,
         batch_max_in_flight: int = 4,
         worker_ttl_s: float = 10.0,
         owns: Sequence[Redis] = (),
     ) -> None:
         self._queue = queue
+        self._job_queue = job_queue
         self._broker = Broker(broker, backend)
         self._inbox = ResultInbox(backend)
         self._sender = TaskSender(self._broker, self._inbox, queue)
@@ -93,6 +95,7 @@ class PredictionClient:
             broker=broker,
             backend=backend,
             queue=settings.queue,
+            job_queue=settings.job_queue,
             batch_max_size=settings.batch_max_size,
             batch_max_in_flight=settings.batch_max_in_flight,
             worker_ttl_s=settings.worker_ttl_s,
@@ -189,15 +192,20 @@ class PredictionClient:
         return await self._fleet.workers(ttl_s)
 
     async def queue_depth(self) -> int:
-        """Count the tasks waiting in the queue and in the queues of the versions routed to."""
-        return await self._broker.queue_depth(self._queues())
+        """Count the tasks waiting in the online queues: the queue, and those of the versions
+        served. Jobs wait in queues of their own (pinned ones too), and never count."""
+        return await self._broker.queue_depth(self._queues(self._queue))
 
-    async def export_queues(self, extra: Sequence[str] = ()) -> None:
-        """Publish how many tasks wait in each queue, and how long the oldest has waited."""
-        await self._broker.export_queues([*self._queues(), *extra])
+    async def export_queues(self) -> None:
+        """Publish how many tasks wait in each queue, online and jobs, and how long the oldest
+        has waited."""
+        await self._broker.export_queues(
+            [*self._queues(self._queue), *self._queues(self._job_queue)]
+        )
 
-    def _queues(self) -> list[str]:
-        return [self._queue, *(version_queue(self._queue, v) for v in self._fleet.served)]
+    def _queues(self, queue: str) -> list[str]:
+        """Name `queue` and its queues of the versions served."""
+        return [queue, *(version_queue(queue, v) for v in self._fleet.served)]
 
     def _batcher(self, version: str | None) -> MicroBatcher[TripRequest, TripAnswer]:
         batcher = self._batchers.get(version)

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from core.errors import BackendUnavailable, VersionNotServed
 from core.infra import metrics
+from core.online.broker import refused_as_unavailable
 from core.online.routing import ROUTING_KEY, Routing
 from core.online.schemas import WorkerInfo
 from core.online.watch import Watch
@@ -68,6 +69,11 @@ def live_workers(
             )
         )
     return workers
+
+
+def held_versions(workers: Sequence[WorkerInfo]) -> frozenset[str]:
+    """Name the model versions that `workers` hold between them."""
+    return frozenset(v for w in workers for v in w.model_versions)
 
 
 # How often the routing and the versions live workers hold are read again.
@@ -116,7 +122,7 @@ class FleetView(Watch):
     async def workers(self, ttl_s: float) -> list[WorkerInfo]:
         """List the workers whose heartbeat is younger than `ttl_s`."""
         now = time.time()
-        try:
+        with refused_as_unavailable():
             async with self._broker.pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - ttl_s)
                 pipe.zrange(WORKERS_KEY, 0, -1, withscores=True)
@@ -127,8 +133,6 @@ class FleetView(Watch):
             gone = set(info) - {name for name, _ in seen}
             if gone:
                 await self._broker.hdel(WORKERS_INFO_KEY, *gone)
-        except (RedisError, OSError) as exc:
-            raise BackendUnavailable("the broker is not reachable") from exc
         return live_workers(seen, info, now)
 
     async def _watch(self) -> None:
@@ -139,7 +143,7 @@ class FleetView(Watch):
                     raw = await self._broker.hgetall(ROUTING_KEY)
                     workers = await self.workers(self._worker_ttl_s)
                 self._routing = Routing.from_hash(raw)
-                self._served = frozenset(v for w in workers for v in w.model_versions)
+                self._served = held_versions(workers)
                 self._export(workers)
             except (RedisError, OSError, TimeoutError, BackendUnavailable):
                 pass  # the last routing stays in force while Redis is away

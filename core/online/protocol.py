@@ -118,3 +118,12 @@ def sent_at(message: bytes) -> float | None:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
     return float(value) if isinstance(value, int | float) else None
+
+
+def task_of(message: bytes | str) -> tuple[str | None, str | None]:
+    """Read which task a message carries: (task name, task id), each None if it does not say."""
+    try:
+        headers = orjson.loads(message)["headers"]
+        return headers.get("task"), headers.get("id")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None, None

@@ -1,6 +1,9 @@
 """Which model versions serve, kept in Redis so that every worker and API process follows it.
 
-    tripq:models   hash: current, previous, canary, canary_share
+    tripq:models          hash: current, previous, canary, canary_share
+    tripq:models:queued   set: every version whose queues workers have consumed (so that the
+                          queues of a version no longer served are found and swept:
+                          core.worker.sweeper)
 
 `tripq models promote | canary | rollback` write it (after checking the artifact); workers read it
 every second, load what it names, and only then serve it; API processes read it every half
@@ -12,6 +15,7 @@ Routing of one request, in the API:
     X-Model-Version: V     -> queue tasks.trip@V, consumed only by workers holding V
     else, canary share     -> queue tasks.trip@<canary>, same
     else                   -> queue tasks.trip, answered by any worker with its current model
+    an async job pinned to V -> queue tasks.trip.jobs@V, also consumed by the workers holding V
 
 so a pinned or canary request is only ever taken by a worker that holds its version, and a
 fleet midway through a promotion answers unpinned requests with the old or the new current
@@ -22,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 ROUTING_KEY = "tripq:models"
+QUEUED_VERSIONS_KEY = "tripq:models:queued"
 
 
 def version_queue(queue: str, version: str) -> str:

@@ -1,13 +1,14 @@
 """A worker's routing follower: hold the models the routing names, consume their queues."""
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 from loguru import logger
 
 from core.model.shelf import ModelShelf
-from core.online.routing import ROUTING_KEY, Routing, version_queue
+from core.online.routing import QUEUED_VERSIONS_KEY, ROUTING_KEY, Routing, version_queue
 
 # How often a worker reads the routing (core.online.routing): a promotion reaches it within this.
 FOLLOW_EVERY_S = 1.0
@@ -16,18 +17,20 @@ FOLLOW_EVERY_S = 1.0
 class RoutingFollower:
     """Follow the routing in Redis for one worker: its shelf and its consumer's queues.
 
-    A version's queue is consumed only once its model is loaded, and no longer once it is
-    dropped: a task pinned to a version never reaches a worker without it. `consumed` names the
-    versions whose queues are consumed, and is kept up to date.
+    A version's queues (one per queue the worker consumes: the online one and the jobs one) are
+    consumed only once its model is loaded, and no longer once it is dropped: a task pinned to a
+    version never reaches a worker without it. `consumed` names the versions whose queues are
+    consumed, and is kept up to date. Each version is recorded in Redis as it is first consumed,
+    so that its queues are swept once no worker holds it (core.worker.sweeper).
     """
 
     def __init__(
-        self, consumer: Any, client: redis.Redis, shelf: ModelShelf, *, queue: str
+        self, consumer: Any, client: redis.Redis, shelf: ModelShelf, *, queues: Sequence[str]
     ) -> None:
         self._consumer = consumer  # Celery's consumer: add_task_queue, cancel_task_queue
         self._client = client
         self._shelf = shelf
-        self._queue = queue
+        self._queues = list(queues)
         self.consumed: set[str] = set()
 
     def follow(self) -> None:
@@ -39,10 +42,16 @@ class RoutingFollower:
         self._shelf.follow(routing)
         held = set(self._shelf.versions)
         for version in sorted(held - self.consumed):
-            self._consumer.add_task_queue(version_queue(self._queue, version))
+            try:
+                self._client.sadd(QUEUED_VERSIONS_KEY, version)
+            except redis.RedisError:
+                continue  # its queues are consumed from the round that records it
+            for queue in self._queues:
+                self._consumer.add_task_queue(version_queue(queue, version))
             self.consumed.add(version)
         for version in sorted(self.consumed - held):
-            self._consumer.cancel_task_queue(version_queue(self._queue, version))
+            for queue in self._queues:
+                self._consumer.cancel_task_queue(version_queue(queue, version))
             self.consumed.discard(version)
 
     def run(self, stopping: threading.Event) -> None:

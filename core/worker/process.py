@@ -43,15 +43,20 @@ def build_shelf(offload: Offload) -> ModelShelf:
 
 
 @functools.cache
-def job_execution(shelf: ModelShelf) -> JobExecution:
-    """The process's job runner, predicting with `shelf`."""
+def job_runner() -> JobRunner:
+    """The process's side of the jobs in Redis: claim, finish, settle and abandon them."""
     settings = get_settings()
-    runner = JobRunner(
+    return JobRunner(
         broker_client(),
         result_ttl_s=settings.job_result_ttl_s,
         run_timeout_s=settings.job_run_timeout_s,
     )
-    return JobExecution(runner, shelf.predict_columns)
+
+
+@functools.cache
+def job_execution(shelf: ModelShelf) -> JobExecution:
+    """The process's job runner, predicting with `shelf`."""
+    return JobExecution(job_runner(), shelf.predict_columns)
 
 
 @functools.cache

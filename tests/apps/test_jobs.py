@@ -5,7 +5,9 @@ and its jobs to queues no worker reads until a test starts one, so its jobs stay
 """
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ def idle_env(redis_url: str, log_dir: Path) -> dict[str, str]:
         request_timeout_s=1,
         request_timeout_max_s=1,
         job_run_timeout_s=IDLE_RUN_TIMEOUT_S,
+        webhook_allow_private=True,  # the test receivers listen on this machine
     )
 
 
@@ -276,6 +279,35 @@ def test_a_job_no_worker_starts_in_time_expires_and_never_runs(idle: str) -> Non
     assert expired["started_at"] is None
     assert "result" not in expired
     assert expired["finished_at"] >= expired["created_at"]
+
+
+@pytest.mark.parametrize("receiver", [0], indirect=True)
+def test_a_job_task_not_taken_in_time_is_discarded_unrun_and_its_job_ends_expired(
+    idle: str, redis_url: str, log_dir: Path, redis_client: redis.Redis, receiver: Receiver
+) -> None:
+    redis_client.delete(IDLE_JOBS)
+    job_id = submit(idle, {**TRIP, "callback_url": receiver.url}).json()["job_id"]
+    (message,) = redis_client.lrange(IDLE_JOBS, 0, -1)
+    expires_at = float(redis_client.hget(job_key(job_id), "expires_at") or 0)
+    expires = datetime.fromisoformat(json.loads(message)["headers"]["expires"])
+    assert expires.timestamp() == expires_at  # the task expires with the job
+    wait_until(lambda: time.time() > expires_at, IDLE_EXPIRY_S + 5, "the job's time to run out")
+
+    worker = start_worker(idle_env(redis_url, log_dir), log_dir)
+    try:
+        wait_until(lambda: redis_client.llen(IDLE_JOBS) == 0, 30, "the worker to take the task")
+        # Nobody reads the job: the worker that discards its task concludes it, webhook and all.
+        wait_until(lambda: receiver.deliveries, 30, "the expired job's webhook")
+        log = worker.log_tail(100_000)
+    finally:
+        worker.stop()
+    fields = redis_client.hgetall(job_key(job_id))
+    assert fields[b"state"] == b"expired"
+    assert b"attempts" not in fields  # never claimed: the task was discarded, not run
+    assert "job task expired unrun" in log
+    assert json.loads(receiver.deliveries[0][1])["state"] == "expired"
+    read = job(idle, job_id)
+    assert (read["state"], read["started_at"]) == ("expired", None)
 
 
 def test_too_many_queued_jobs_get_429_with_retry_after(

@@ -1,4 +1,5 @@
-"""Model versions on a live fleet: promote, canary, pin and roll back under load, and refusals.
+"""Model versions on a live fleet: promote, canary, pin and roll back under load, and refusals;
+jobs pinned to a version, and what is left in the queues of a version retired.
 
 Every test runs real workers and the API against a copy of the committed models (the baseline and
 the gradient-boosted model), and changes the routing with the real `tripq models` command.
@@ -7,18 +8,21 @@ the gradient-boosted model), and changes the routing with the real `tripq models
 import hashlib
 import json
 import shutil
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 import skops.io as sio
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.model.artifact import TripModel, load_model
-from core.online.routing import ROUTING_KEY, Routing
+from core.online.routing import ROUTING_KEY, Routing, version_queue
 from tests.support import (
     REPO,
     Load,
@@ -254,3 +258,153 @@ def test_a_pinned_request_is_only_served_by_a_worker_that_holds_its_version(
     holders = {w["name"].split("@")[0]: w["model_versions"] for w in ready["workers"]}
     assert GBM in holders["trip1"]
     assert GBM not in holders["trip2"]
+
+
+def pinned_job(base: str, trip: dict[str, object], version: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/trip/jobs", json=trip, headers={"X-Model-Version": version}, timeout=10
+    )
+
+
+def route(client: redis.Redis, routing: Routing) -> None:
+    """Write the routing in Redis, as `tripq models` leaves it."""
+    fields: dict[Any, Any] = routing.to_hash()  # redis-py's mapping type is invariant in its keys
+    client.hset(ROUTING_KEY, mapping=fields)
+
+
+def await_route(url: str, version: str) -> None:
+    """Wait until the API at `url` answers a prediction pinned to `version`."""
+    pin = {"X-Model-Version": version}
+    wait_until(
+        lambda: (
+            httpx.post(url, json=varied_trips(1)[0], headers=pin, timeout=10).status_code == 200
+        ),
+        FOLLOW_S,
+        f"the API to route to a worker holding {version}",
+    )
+
+
+def read_job(base: str, reply: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{base}{reply.json()['status_url']}", timeout=5).json()
+    return body
+
+
+def queue_depth(base: str, queue: str) -> float:
+    """Read the API's tripq_queue_depth of `queue` (0 before it is exported)."""
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "tripq_queue_depth" and sample.labels.get("queue") == queue:
+                return sample.value
+    return 0.0
+
+
+def test_a_backlog_of_pinned_jobs_never_refuses_online_requests_and_waits_for_its_version(
+    artifacts: Path, fresh_db: redis.Redis, redis_url: str, log_dir: Path, tmp_path: Path
+) -> None:
+    depth = 5
+    older = tmp_path / "older-models"
+    shutil.copytree(artifacts / BASELINE, older / BASELINE)
+    (older / "CURRENT").write_text(f"{BASELINE}\n")
+    # The gbm is the previous version: held for a rollback, and for pins, never routed to.
+    route(fresh_db, Routing(BASELINE, GBM))
+    settings = {"queue_max_depth": depth, "worker_ttl_s": 60}  # a frozen worker stays live
+    env = tripq_env(redis_url, log_dir, artifact_dir=artifacts, **settings)
+    (holder,) = start_workers(env, log_dir, [1])
+    (other,) = start_workers(
+        tripq_env(redis_url, log_dir, artifact_dir=older, **settings), log_dir, [2]
+    )
+    api, base = start_api(env, log_dir)
+    url = f"{base}/v1/trip/predict"
+    try:
+        await_route(url, GBM)
+        holder.process.send_signal(signal.SIGSTOP)  # its version's jobs wait, in a backlog
+        try:
+            jobs = [pinned_job(base, trip, GBM) for trip in varied_trips(3 * depth, "job")]
+            backlog = version_queue("tasks.trip.jobs", GBM)
+            wait_until(
+                lambda: queue_depth(base, backlog) >= 2 * depth, 10, "the API to see the backlog"
+            )
+            online = [httpx.post(url, json=t, timeout=10) for t in varied_trips(depth, "now")]
+            left = fresh_db.llen(backlog)
+        finally:
+            holder.process.send_signal(signal.SIGCONT)
+        wait_until(
+            lambda: all(read_job(base, r)["state"] == "succeeded" for r in jobs),
+            60,
+            "the pinned jobs to be answered",
+        )
+        answered = [read_job(base, reply) for reply in jobs]
+    finally:
+        api.stop()
+        holder.stop()
+        other.stop()
+
+    assert [r.status_code for r in jobs] == [202] * 3 * depth
+    assert left >= 2 * depth  # more than QUEUE_MAX_DEPTH waited, and the online path ran on
+    assert [(r.status_code, r.json()["reply_code"]) for r in online] == [(200, 0)] * depth
+    assert {job["result"]["model_version"] for job in answered} == {GBM}
+    assert fresh_db.llen(version_queue("tasks.trip", GBM)) == 0
+
+
+def test_a_retired_versions_stranded_tasks_are_swept_and_its_pinned_jobs_fail_saying_why(
+    artifacts: Path, fresh_db: redis.Redis, redis_url: str, log_dir: Path
+) -> None:
+    third = "gbm-2021-01-v3"
+    shutil.copytree(artifacts / GBM, artifacts / third)
+    card = json.loads((artifacts / third / "card.json").read_text())
+    (artifacts / third / "card.json").write_text(json.dumps({**card, "version": third}))
+    route(fresh_db, Routing(GBM, BASELINE))
+    # Heartbeats every half second, stale after five: a frozen worker leaves the fleet soon.
+    env = tripq_env(
+        redis_url, log_dir, artifact_dir=artifacts, worker_heartbeat_s=0.5, worker_ttl_s=5
+    )
+    online, jobs = version_queue("tasks.trip", BASELINE), version_queue("tasks.trip.jobs", BASELINE)
+    (first,) = start_workers(env, log_dir, [1])
+    api, base = start_api(env, log_dir)
+    second = None
+    url, pin = f"{base}/v1/trip/predict", {"X-Model-Version": BASELINE}
+    try:
+        await_route(url, BASELINE)
+        first.process.send_signal(signal.SIGSTOP)
+        # Once its last poll has timed out, nothing more is handed to the frozen worker.
+        wait_until(
+            lambda: not any("b" in c["flags"] for c in fresh_db.client_list()),
+            5,
+            "the frozen worker's poll to end",
+        )
+        job = pinned_job(base, varied_trips(1, "job")[0], BASELINE)
+        late = httpx.post(
+            url,
+            json=varied_trips(1, "late")[0],
+            headers={**pin, "X-Request-Timeout": "0.5"},
+            timeout=10,
+        )
+        first.stop(signal.SIGKILL)  # the worker that held the baseline is gone for good
+        stranded = (fresh_db.llen(online), fresh_db.llen(jobs))
+        code, output = tripq_models(env, log_dir, "promote", third)  # the baseline retired
+        assert code == 0, output
+        (second,) = start_workers(env, log_dir, [2])
+        wait_until(
+            lambda: fresh_db.llen(online) == fresh_db.llen(jobs) == 0,
+            30,
+            "a worker to sweep the retired version's queues",
+        )
+        failed = read_job(base, job)
+        refused = httpx.post(url, json=varied_trips(1, "after")[0], headers=pin, timeout=10)
+    finally:
+        api.stop()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+    assert job.status_code == 202
+    assert late.status_code == 504
+    assert stranded == (1, 1)
+    assert Routing.from_hash(fresh_db.hgetall(ROUTING_KEY)) == Routing(third, GBM)
+    assert (failed["state"], failed["error"]) == (
+        "failed",
+        f"model version {BASELINE} is no longer served",
+    )
+    # A version no live worker holds is refused at once, never queued.
+    assert refused.status_code == 409
+    assert refused.json()["reply_code"] == 1

@@ -969,6 +969,14 @@ def test_redis_keeps_its_append_only_file_on_a_named_volume(compose: dict[str, A
     assert data_volumes[0] in (compose.get("volumes") or {}), "/data must be a named volume"
 
 
+def test_redis_refuses_writes_when_full_rather_than_evicting(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+
+    # noeviction: evicting would drop queued tasks, results and jobs without a word.
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert re.fullmatch(r"[1-9]\d*(mb|gb)", command[command.index("--maxmemory") + 1])
+
+
 def test_worker_stop_grace_outlasts_the_request_timeout(
     services: dict[str, dict[str, Any]], settings: Settings
 ) -> None:

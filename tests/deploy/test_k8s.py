@@ -1105,6 +1105,20 @@ def test_redis_keeps_an_append_only_file_on_a_persistent_volume(base: list[Manif
     assert data[0]["name"] in claims
 
 
+def test_redis_refuses_writes_when_full_and_leaves_room_for_a_rewrite(
+    base: list[Manifest],
+) -> None:
+    container = only_container(workloads(base)["tripq-redis"])
+    args = [str(word) for word in container["args"]]
+    megabytes = re.fullmatch(r"(\d+)mb", args[args.index("--maxmemory") + 1])
+
+    # noeviction: evicting would drop queued tasks, results and jobs without a word.
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert megabytes, "maxmemory in mb (Redis's 1mb is 2**20 bytes)"
+    # Half the limit at most: the fork of an AOF rewrite may copy much of the dataset.
+    assert int(megabytes[1]) * 2**20 * 2 <= quantity(container["resources"]["limits"]["memory"])
+
+
 def test_redis_requires_the_password_from_the_secret(
     base: list[Manifest], secret: Manifest
 ) -> None:
