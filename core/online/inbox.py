@@ -16,6 +16,7 @@ when it reconnects; a result read is deleted, so keys do not pile up in Redis.
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 from loguru import logger
@@ -29,6 +30,8 @@ from core.online import protocol
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _DELETE_EVERY_S = 0.1
 _CONFIRM_S = 5.0
+_PING_EVERY_S = 1.0  # an idle subscription is pinged this often
+_SILENT_S = 3.0  # and given up once it has heard nothing, not even a pong, this long
 
 
 class ResultInbox:
@@ -127,13 +130,29 @@ class ResultInbox:
                     return
 
     async def _receive(self, pubsub: PubSub) -> None:
+        """Resolve the results that come; raise TimeoutError once Redis falls silent.
+
+        A Redis that died with its host, or that a partition hides, says nothing: no reset, no
+        error, only silence, and a subscription would wait on it for ever while results go to
+        the master that replaced it. So an idle subscription is pinged, and one that has heard
+        nothing for _SILENT_S, not even its pong, is given up and made anew.
+        """
         prefix_len = len(protocol.RESULT_KEY_PREFIX)
+        heard = pinged = time.monotonic()
         while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is None or message["type"] != "pmessage":
+            message = await pubsub.get_message(timeout=_PING_EVERY_S)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                if message["type"] == "pmessage":
+                    task_id = message["channel"][prefix_len:].decode()
+                    self._resolve(task_id, protocol.decode_result(message["data"]))
                 continue
-            task_id = message["channel"][prefix_len:].decode()
-            self._resolve(task_id, protocol.decode_result(message["data"]))
+            if now - heard > _SILENT_S:
+                raise TimeoutError(f"the result subscription heard nothing for {_SILENT_S:g} s")
+            if now - pinged >= _PING_EVERY_S:
+                await pubsub.ping()
+                pinged = now
 
     def _resolve(self, task_id: str, outcome: protocol.TaskOutcome) -> None:
         if not outcome.ready:
