@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     jobs_max_queued: PositiveInt = Field(
         default=10_000, description="Jobs waiting in their queue beyond which new ones get 429."
     )
+    jobs_min_replicas: NonNegativeInt = Field(
+        default=0,
+        description="Replicas that must hold a new job before it is accepted (Redis WAIT); 0: "
+        "the master's copy is enough. 1 with a Sentinel replica: a failover loses no accepted "
+        "job.",
+    )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
         description="Shared secret that signs webhook bodies (HMAC-SHA256); empty: unsigned.",

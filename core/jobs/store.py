@@ -34,6 +34,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
+from core.errors import BackendUnavailable
 from core.jobs.schemas import JobState
 from core.online import protocol
 from core.online.broker import refused_as_unavailable
@@ -46,6 +47,8 @@ IDEMPOTENCY_KEY_PREFIX = "tripq:job-key:"
 WEBHOOKS_KEY = "tripq:webhooks"  # sorted set: job id -> when its next delivery is due
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+# How long a new job waits for JOBS_MIN_REPLICAS replicas to hold it before it is refused (503).
+REPLICA_WAIT_S = 1.0
 
 
 # The fields a reader sees; the payload (the trips) stays in Redis for the worker.
@@ -288,6 +291,7 @@ class JobStore:
         self._result_ttl_s = settings.job_result_ttl_s
         self._run_timeout_s = settings.job_run_timeout_s
         self._max_queued = settings.jobs_max_queued
+        self._min_replicas = settings.jobs_min_replicas
         self._origin = origin
         self._create = client.register_script(_CREATE)
         self._read = client.register_script(_READ)
@@ -338,12 +342,26 @@ class JobStore:
         ttl = int(self._queue_timeout_s) + self._result_ttl_s
         flat = [str(x) for pair in fields.items() for x in pair]
         with refused_as_unavailable():
-            answer = await self._create(
-                keys=[job_key(job_id), idempotency or "", queue, WEBHOOKS_KEY],
-                args=[job_id, self._max_queued, ttl, message, body_sha, *flat],
-            )
+            # One connection for the script and the WAIT: WAIT counts this connection's writes.
+            async with self._client.pipeline(transaction=False) as pipe:
+                await self._create(
+                    keys=[job_key(job_id), idempotency or "", queue, WEBHOOKS_KEY],
+                    args=[job_id, self._max_queued, ttl, message, body_sha, *flat],
+                    client=pipe,
+                )
+                if self._min_replicas:
+                    pipe.execute_command("WAIT", self._min_replicas, int(REPLICA_WAIT_S * 1000))
+                answer, *copies = await pipe.execute()
         if answer[0] == b"full":
             return None
+        if copies and copies[0] < self._min_replicas:
+            # The master holds the job, and a worker may run it; a failover now could lose it.
+            # The client is told so; its retry with the same Idempotency-Key finds the job if
+            # it survived, or makes it anew if it did not.
+            raise BackendUnavailable(
+                f"the job reached {copies[0]} of {self._min_replicas} Redis replicas in time; "
+                "retry with the same Idempotency-Key"
+            )
         return answer[0].decode(), answer[1].decode()
 
     async def read(self, job_id: str) -> dict[str, Any] | None:
