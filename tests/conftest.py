@@ -10,20 +10,23 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from _pytest.terminal import TerminalReporter
 
-from config import get_settings
+from config import PROJECT_ROOT, get_settings
 from core.errors import ModelError
 from core.infra.embedded_redis import EmbeddedRedis
+from core.model.artifact import TripModel, load_model
 from core.model.registry import resolve_model_dir
 from core.model.trees import compile_in_child
-from tests.support import Receiver, free_port, running_platform, tripq_env
+from tests.support import Outcome, Receiver, free_port, running_platform, tripq_env
 
 _databases = itertools.count(1)
+_FIGURES = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,3 +99,64 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def wrong_durations() -> Callable[[list[Outcome]], list[Outcome]]:
+    """Pick, among successful outcomes, those whose duration is not the own answer of the model
+    version the reply names (loaded here once per version)."""
+    models: dict[str, TripModel] = {}
+
+    def model_of(version: str) -> TripModel:
+        if version not in models:
+            models[version] = load_model(PROJECT_ROOT / "repo" / "models" / version)
+        return models[version]
+
+    def wrong(outcomes: list[Outcome]) -> list[Outcome]:
+        ok = [o for o in outcomes if o.kind == "ok"]
+        unusable = [o for o in ok if o.body is None or o.body["request_id"] != o.trip["request_id"]]
+        found = list(unusable)
+        for version in {o.body["model_version"] for o in ok if o not in unusable and o.body}:
+            group = [
+                o for o in ok if o not in unusable and o.body and o.body["model_version"] == version
+            ]
+            expected = model_of(version).predict_columns(
+                [o.trip["PULocationID"] for o in group],
+                [o.trip["DOLocationID"] for o in group],
+                [o.trip["trip_distance"] for o in group],
+            )
+            found += [
+                o
+                for o, duration in zip(group, expected, strict=True)
+                if o.body is None
+                or abs(o.body["duration"] - duration) > 1e-9 * max(1.0, abs(duration))
+            ]
+        return found
+
+    return wrong
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a figure this test measured, printed at the end of the run (and kept in the file
+    FIGURES_FILE names, if any: what docs/failure-behaviour.md quotes)."""
+    lines = request.config.stash.setdefault(_FIGURES, [])
+    name = request.node.name
+
+    def record(text: str) -> None:
+        lines.append(f"{name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
+    """Print the figures the chaos and host tests measured; keep them in FIGURES_FILE if set."""
+    lines = config.stash.get(_FIGURES, [])
+    if not lines:
+        return
+    terminalreporter.section("figures measured by the tests")
+    for line in lines:
+        terminalreporter.write_line(line)
+    kept = os.environ.get("FIGURES_FILE")
+    if kept:
+        Path(kept).write_text("\n".join(lines) + "\n")

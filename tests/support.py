@@ -6,9 +6,10 @@ import http.server
 import itertools
 import json
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import uvloop
 
 from bench.loadgen import post_head, read_reply
 from config import Settings, child_environment
+from core.infra.embedded_redis import EmbeddedRedis, redis_server_binary
 from core.infra.launch import Child, tripq_argv, worker_argv
 from core.infra.redis_clients import is_sentinel, sync_client
 
@@ -28,6 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "nyc-tlc"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+
+
+# REQUEST_TIMEOUT_S and REQUEST_TIMEOUT_MAX_S of the tests that kill or stop things: short, so that
+# deadlines pass and abandoned tasks come back (after the visibility timeout) within a test.
+DEADLINE_S = 2.0
+
+
+def short_deadline_env(redis_url: str, log_dir: Path) -> dict[str, str]:
+    """The environment of processes whose deadlines, all of them, are DEADLINE_S."""
+    return tripq_env(
+        redis_url, log_dir, request_timeout_s=DEADLINE_S, request_timeout_max_s=DEADLINE_S
+    )
 
 
 def free_port() -> int:
@@ -49,10 +63,20 @@ def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> 
 
 
 class Service(Child):
-    """A `tripq` subcommand run as a child process, its output kept in a log file."""
+    """A `tripq` subcommand run as a child process, its output kept in a log file.
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        super().__init__(name, tripq_argv(*args), env, log_dir, STOP_TIMEOUT_S)
+    `wrap`: a command to run it under (a test host's `ip netns exec ...`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        wrap: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name, [*wrap, *tripq_argv(*args)], env, log_dir, STOP_TIMEOUT_S)
 
     def finish(self, timeout_s: float) -> int:
         """Wait for the process to exit by itself; return its exit code."""
@@ -110,25 +134,7 @@ def _redis_of(env: dict[str, str], tls: dict[str, Any] | None) -> redis.Redis:
 
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[Service, str]:
     """Start the API (gunicorn, one uvicorn worker) on a free port; return it and its base URL."""
-    port = free_port()
-    api = Service(
-        f"api-{port}",
-        ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env,
-        log_dir,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if not api.alive():
-            pytest.fail(f"API exited at start:\n{api.log_tail()}")
-        try:
-            return httpx.get(f"{base}/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, START_TIMEOUT_S, "the API to answer /health")
-    return api, base
+    return start_api_processes(env, log_dir, 1)
 
 
 @contextlib.contextmanager
@@ -150,15 +156,26 @@ class WorkerProcess(Service):
 
     `tripq worker --processes N` supervises its children and stops them all when one exits, and
     `--processes 1` names every worker `trip1@<host>`. A test that kills one of several workers
-    runs them as containers do: each process on its own, each with a name of its own.
+    runs them as containers do: each process on its own, each with a name of its own, named
+    after its machine (`node`; this one's by default), run under `wrap` (a test host's).
     """
 
-    def __init__(self, index: int, env: dict[str, str], log_dir: Path, concurrency: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        env: dict[str, str],
+        log_dir: Path,
+        concurrency: int,
+        *,
+        node: str | None = None,
+        wrap: Sequence[str] = (),
+    ) -> None:
         settings = Settings.model_validate({"log_level": env.get("LOG_LEVEL", "INFO")})
-        self.hostname = f"trip{index}@{socket.gethostname()}"
+        node = node or socket.gethostname()
+        self.hostname = f"trip{index}@{node}"
         self.started_at = time.time()
-        name = f"worker-trip{index}-{time.monotonic_ns()}"
-        argv = worker_argv(settings, index, concurrency)
+        name = f"worker-trip{index}-{node}-{time.monotonic_ns()}"
+        argv = [*wrap, *worker_argv(settings, index, concurrency, node)]
         Child.__init__(self, name, argv, env, log_dir, STOP_TIMEOUT_S)
 
 
@@ -174,7 +191,14 @@ def start_workers(
 ) -> list[WorkerProcess]:
     """Start one worker process per index at once; wait until each holds a model and beats."""
     workers = [WorkerProcess(index, env, log_dir, concurrency) for index in indices]
-    client = redis.Redis.from_url(env["REDIS_URL"])
+    return await_workers(workers, env)
+
+
+def await_workers(workers: list[WorkerProcess], env: dict[str, str]) -> list[WorkerProcess]:
+    """Wait until each of `workers`, started with `env`, holds a model and beats (stop them all
+    if one cannot)."""
+    names = [w.hostname for w in workers]
+    client = _redis_of(env, None)
     try:
 
         def all_ready() -> bool:
@@ -183,7 +207,7 @@ def start_workers(
                     pytest.fail(f"worker exited at start:\n{worker.log_tail()}")
             return all(heartbeat_since(client, w.hostname, w.started_at) for w in workers)
 
-        wait_until(all_ready, START_TIMEOUT_S, f"workers {indices} to load their model")
+        wait_until(all_ready, START_TIMEOUT_S, f"workers {names} to load their model")
     except BaseException:
         for worker in workers:
             worker.stop()
@@ -193,16 +217,36 @@ def start_workers(
     return workers
 
 
-def start_api_processes(env: dict[str, str], log_dir: Path, processes: int) -> tuple[Service, str]:
-    """Start the API under gunicorn with `processes` uvicorn workers; return it and its base URL."""
-    port = free_port()
+def start_api_processes(
+    env: dict[str, str],
+    log_dir: Path,
+    processes: int,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    wrap: Sequence[str] = (),
+) -> tuple[Service, str]:
+    """Start the API under gunicorn with `processes` uvicorn workers, listening on `host` (a free
+    port unless `port`), run under `wrap`; return it, once it answers, and its base URL."""
+    port = port or free_port()
     api = Service(
-        f"api-{port}",
-        ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(processes)],
+        f"api-{host}-{port}",
+        ["api", "--host", host, "--port", str(port), "--workers", str(processes)],
         env,
         log_dir,
+        wrap,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
+    try:
+        await_api(api, base)
+    except BaseException:
+        api.stop()
+        raise
+    return api, base
+
+
+def await_api(api: Service, base: str) -> None:
+    """Wait until the API at `base` answers /health (fail the test if it exits first)."""
 
     def answers() -> bool:
         if not api.alive():
@@ -212,12 +256,7 @@ def start_api_processes(env: dict[str, str], log_dir: Path, processes: int) -> t
         except httpx.HTTPError:
             return False
 
-    try:
-        wait_until(answers, START_TIMEOUT_S, "the API to answer /health")
-    except BaseException:
-        api.stop()
-        raise
-    return api, base
+    wait_until(answers, START_TIMEOUT_S, "the API to answer /health")
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +428,53 @@ def latency_summary(outcomes: list[Outcome]) -> str:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
     return f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+
+
+class SentinelProcess:
+    """A real Redis Sentinel (the embedded redis-server binary in sentinel mode) watching
+    `master` as `name`, on `host` (run under `wrap`, a test host's), one of `quorum`.
+
+    It calls the master down after a second without an answer, as a production Sentinel does
+    after its `down-after-milliseconds`; the default, 30 s, would make a test wait.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        name: str,
+        master: EmbeddedRedis,
+        folder: Path,
+        *,
+        host: str = "127.0.0.1",
+        quorum: int = 1,
+        wrap: Sequence[str] = (),
+    ) -> None:
+        self.port = port
+        self.host = host
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind {host}\ndir {folder}\n"
+            f"sentinel monitor {name} {master.host} {master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 10000\n"
+        )
+        with (folder / "sentinel.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [*wrap, redis_server_binary(), str(config), "--sentinel"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def url(self) -> str:
+        """Its address as one part of a sentinel:// REDIS_URL."""
+        return f"sentinel://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
 
 
 class Receiver(http.server.ThreadingHTTPServer):

@@ -7,7 +7,7 @@ fresh machine needs nothing but Python.
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,12 @@ class ServerTls:
 
 
 class EmbeddedRedis:
-    """A redis-server child process on 127.0.0.1, with its files in `data_dir`."""
+    """A redis-server child process listening on `host` (default 127.0.0.1), with its files in
+    `data_dir`.
+
+    `options`: more redis-server options (`--replicaof h p`, `--maxmemory 64mb` ...);
+    `wrap`: a command to run the server under, e.g. `ip netns exec HOST` for a test host.
+    """
 
     def __init__(
         self,
@@ -59,8 +64,14 @@ class EmbeddedRedis:
         appendonly: bool = True,
         tls: ServerTls | None = None,
         binary: str | None = None,
+        host: str = "127.0.0.1",
+        options: Sequence[str] = (),
+        wrap: Sequence[str] = (),
     ) -> None:
         self.port = port
+        self.host = host
+        self.options = list(options)
+        self.wrap = list(wrap)
         self.data_dir = data_dir
         self.password = password
         self.username = username
@@ -74,7 +85,7 @@ class EmbeddedRedis:
         """Say how clients reach this server."""
         auth = f"{self.username or ''}:{self.password}@" if self.password else ""
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+        return f"{scheme}://{auth}{self.host}:{self.port}/0"
 
     @property
     def client_tls(self) -> dict[str, Any]:
@@ -92,9 +103,10 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
+            *self.wrap,
             self.binary or redis_server_binary(),
             "--port", "0" if self.tls else str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
             "--save", "",
@@ -109,6 +121,7 @@ class EmbeddedRedis:
             args += ["--requirepass", self.password]
         if self.tls:
             args += ["--tls-port", str(self.port), *self.tls.args()]
+        args += self.options
         # Errors in its options are printed before the log file opens: keep them beside it.
         with (self.data_dir / "redis.err").open("ab") as errors:
             self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=errors)

@@ -51,13 +51,14 @@ def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "--app", "tasks.app", "worker", *args]
 
 
-def worker_argv(settings: Settings, index: int, concurrency: int) -> list[str]:
-    """Build the command line of one tripq worker process with the gevent pool."""
+def worker_argv(settings: Settings, index: int, concurrency: int, host: str = "%h") -> list[str]:
+    """Build the command line of one tripq worker process with the gevent pool, named
+    `trip<index>@<host>` (Celery reads %h as this machine's hostname, as a container's is)."""
     return celery_argv(
         "--pool", "gevent",
         "--concurrency", str(concurrency),
         "--queues", f"{settings.queue},{settings.job_queue}",
-        "--hostname", f"trip{index}@%h",
+        "--hostname", f"trip{index}@{host}",
         "--loglevel", settings.log_level,
         # No start-up sync or gossip between workers: tripq tracks workers by heartbeat.
         "--without-mingle", "--without-gossip",

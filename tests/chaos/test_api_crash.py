@@ -21,12 +21,14 @@ import redis
 
 from core.infra.embedded_redis import EmbeddedRedis
 from core.online.client import CLIENT_NAME
-from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
+from tests.chaos.conftest import Scale
 from tests.support import (
+    DEADLINE_S,
     Load,
     Outcome,
     Service,
     latency_summary,
+    short_deadline_env,
     start_api_processes,
     start_workers,
     tripq_env,

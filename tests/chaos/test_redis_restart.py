@@ -22,12 +22,14 @@ from config import Settings
 from core.infra.embedded_redis import EmbeddedRedis
 from core.worker.restorer import RESTORE_EVERY_S
 from tasks.app import visibility_timeout_s
-from tests.chaos.conftest import DEADLINE_S, Scale, short_deadline_env
+from tests.chaos.conftest import Scale
 from tests.support import (
+    DEADLINE_S,
     Load,
     Outcome,
     heartbeat_since,
     latency_summary,
+    short_deadline_env,
     start_api,
     start_workers,
     varied_trips,

@@ -25,11 +25,13 @@ from core.online import protocol
 from core.online.sender import PREDICT_BATCH_TASK
 from core.worker.restorer import RESTORE_EVERY_S
 from tasks.app import visibility_timeout_s
-from tests.chaos.conftest import DEADLINE_S, LONG_TASK_MODEL, Scale, short_deadline_env
+from tests.chaos.conftest import LONG_TASK_MODEL, Scale
 from tests.support import (
+    DEADLINE_S,
     Load,
     Outcome,
     latency_summary,
+    short_deadline_env,
     start_api,
     start_workers,
     tripq_env,

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from config import PROJECT_ROOT, Settings
-from core.infra.embedded_redis import EmbeddedRedis, redis_server_binary
+from core.infra.embedded_redis import EmbeddedRedis
 from core.infra.redis_clients import SentinelUrl, is_sentinel, sync_client, transport_options
 from core.model.registry import read_current
-from tests.support import free_port, running_platform, tripq_env, wait_until
+from tests.support import SentinelProcess, free_port, running_platform, tripq_env, wait_until
 
 MASTER = "tripq-master"
 TRIP = {"request_id": "s1", "PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
@@ -59,33 +59,11 @@ def test_the_celery_app_reads_the_master_name_for_broker_and_result_backend(tmp_
     assert run.stdout.split() == ["sentinel", MASTER, MASTER]
 
 
-class SentinelProcess:
-    """A real Redis Sentinel (the embedded redis-server binary in sentinel mode)."""
-
-    def __init__(self, port: int, master: EmbeddedRedis, folder: Path) -> None:
-        self.port = port
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "sentinel.conf"
-        config.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n"
-        )
-        self.process = subprocess.Popen(
-            [redis_server_binary(), str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
 @pytest.fixture
 def sentinel_url(tmp_path: Path) -> Iterator[str]:
     """A Redis master and a Sentinel watching it; yield tripq's sentinel:// URL for them."""
     master = EmbeddedRedis(free_port(), tmp_path / "master", appendonly=False).start()
-    sentinel = SentinelProcess(free_port(), master, tmp_path / "sentinel")
+    sentinel = SentinelProcess(free_port(), MASTER, master, tmp_path / "sentinel")
     try:
         asking = redis.Redis(port=sentinel.port, socket_timeout=1)
 
