@@ -26,6 +26,7 @@ from core.infra.launch import api_argv, worker_argv
 from core.infra.redis_clients import sync_client
 from core.model.registry import read_card, resolve_model_dir
 from core.online.client import PredictionClient, TripAnswer
+from core.online.deadline import Deadline
 from core.online.schemas import WorkerInfo
 from core.trip.schemas import TripRequest
 
@@ -185,7 +186,7 @@ async def _predict_once(settings: Settings, trip: TripRequest) -> TripAnswer:
     predictor = PredictionClient.from_settings(settings)
     await predictor.start(wait_s=settings.redis_connect_timeout_s + 1)
     try:
-        return await predictor.predict(trip, settings.request_timeout_s)
+        return await predictor.predict(trip, Deadline.after(settings.request_timeout_s))
     finally:
         await predictor.close()
 

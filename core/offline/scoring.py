@@ -46,6 +46,7 @@ from core.offline.parts import (
 )
 from core.offline.plan import ScoringPlan, plan_scoring
 from core.online.client import PredictionClient
+from core.online.deadline import Deadline
 from core.trip.contract import (
     DISTANCE,
     DROPOFF_ZONE,
@@ -144,7 +145,7 @@ class _Sender:
             return predicted, None
         for attempt in range(self.retries + 1):
             try:
-                answer = await self.client.predict_columns(columns, self.timeout_s)
+                answer = await self.client.predict_columns(columns, Deadline.after(self.timeout_s))
                 break
             except (DeadlineExceeded, BackendUnavailable) as exc:
                 if attempt == self.retries:

@@ -48,10 +48,6 @@ def connect_broker(settings: Settings) -> Redis:
     return async_client(settings, settings.broker_url, **_CLIENT_OPTIONS)
 
 
-def _as_deadline(deadline: Deadline | float) -> Deadline:
-    return deadline if isinstance(deadline, Deadline) else Deadline.after(deadline)
-
-
 class PredictionClient:
     """Send prediction tasks and await their results, for one asyncio process."""
 
@@ -139,13 +135,12 @@ class PredictionClient:
             await connection.aclose()
 
     async def predict(
-        self, trip: TripRequest, deadline: Deadline | float, version: str | None = None
+        self, trip: TripRequest, deadline: Deadline, version: str | None = None
     ) -> TripAnswer:
-        """Predict one trip by `deadline` (or within so many seconds), batched with the trips
-        sent alongside it, by model `version` (None: a worker's current one)."""
+        """Predict one trip by `deadline`, batched with the trips sent alongside it, by model
+        `version` (None: a worker's current one)."""
         if not self.available:
             raise BackendUnavailable("Redis is not reachable")
-        deadline = _as_deadline(deadline)
         future = self._batcher(version).submit(trip, deadline, tracing.trace_id.get())
         timer = deadline.expire_at(future)
         try:
@@ -156,7 +151,7 @@ class PredictionClient:
     async def predict_many(
         self,
         trips: Sequence[TripRequest],
-        deadline: Deadline | float,
+        deadline: Deadline,
         chunk_size: int,
         version: str | None = None,
     ) -> list[BatchPrediction]:
@@ -166,7 +161,6 @@ class PredictionClient:
         """
         if not self.available:
             raise BackendUnavailable("Redis is not reachable")
-        deadline = _as_deadline(deadline)
         trace_id = tracing.trace_id.get()
         trace_ids = [trace_id] if trace_id is not None else []
         chunks = [trips[i : i + chunk_size] for i in range(0, len(trips), chunk_size)]
@@ -174,14 +168,12 @@ class PredictionClient:
             *(self._sender.send(batch_columns(c), deadline, version, trace_ids) for c in chunks)
         )
 
-    async def predict_columns(
-        self, columns: Columns, deadline: Deadline | float
-    ) -> BatchPrediction:
+    async def predict_columns(self, columns: Columns, deadline: Deadline) -> BatchPrediction:
         """Predict trips already laid out as the columns of a batch task (see `batch_columns`)
         as one task, by `deadline`; for callers that hold many rows, such as `tripq score`."""
         if not self.available:
             raise BackendUnavailable("Redis is not reachable")
-        return await self._sender.send(columns, _as_deadline(deadline))
+        return await self._sender.send(columns, deadline)
 
     async def ping(self) -> bool:
         """Tell whether both Redis roles answer."""
