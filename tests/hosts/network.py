@@ -7,9 +7,10 @@
       └── ...
 
 Each host runs tripq's real processes under `ip netns exec`; they reach each other only through
-the switch, so a host can be cut off (its switch port down), cut from one peer (a blackhole route
-each way), or reached through a slow, lossy link (tests.hosts.link). Everything is made with
-Debian's iproute2 and needs root; `Network.prerequisite` says why it cannot run elsewhere.
+the switch, so a host can be cut off (its switch port down), partitioned from one peer (nftables
+drops what arrives from it, each way), or reached through a slow, lossy link (tests.hosts.link).
+Everything is made with Debian's iproute2 (and nftables) and needs root; `prerequisite` and
+`partitions_prerequisite` say why it cannot run elsewhere.
 
 Names carry this process's id, so two test runs on one machine never share a host, and a run
 that died without cleaning up is swept by the next.
@@ -32,6 +33,7 @@ _PREFIX = "tripq-"  # every namespace of these tests: tripq-<pid>-<host>
 _SWITCH = "switch"
 _CLIENT_OCTET = 1
 _FIRST_HOST_OCTET = 10
+_NFT_TABLE = "tripq_partition"
 
 
 def prerequisite() -> str | None:
@@ -54,6 +56,21 @@ def _ip(*args: str, namespace: str | None = None) -> None:
     run = subprocess.run(argv, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {run.stderr.strip()}")
+
+
+def _nft(namespace: str, *args: str) -> None:
+    """Run one `nft` command in `namespace`, failing loudly."""
+    argv = ["ip", "netns", "exec", namespace, "nft", *args]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {run.stderr.strip()}")
+
+
+def partitions_prerequisite() -> str | None:
+    """Say why hosts cannot be partitioned from each other here (None: they can)."""
+    if shutil.which("nft") is None:
+        return "partitions need nftables' `nft` (apt-get install nftables; .ci/run does)"
+    return None
 
 
 def _subnet(pid: int) -> ipaddress.IPv4Network:
@@ -149,15 +166,21 @@ class Host:
         """Plug its cable back in."""
         _ip("link", "set", self._port, "up", namespace=self.network.switch)
 
-    def block(self, peer: "Host") -> None:
-        """Drop every packet between this host and `peer`, both ways; others still reach both."""
-        _ip("route", "add", "blackhole", f"{peer.address}/32", namespace=self.namespace)
-        _ip("route", "add", "blackhole", f"{self.address}/32", namespace=peer.namespace)
+    def partition(self, peer: "Host") -> None:
+        """Lose every packet between this host and `peer`, both ways, as a partition does: each
+        drops what arrives from the other (nftables), so neither is told anything, sends
+        succeed, and only silence follows. Others still reach both."""
+        for host, other in ((self, peer), (peer, self)):
+            _nft(host.namespace, "add", "table", "inet", _NFT_TABLE)
+            _nft(host.namespace, "add", "chain", "inet", _NFT_TABLE, "input",
+                 "{ type filter hook input priority 0; }")  # fmt: skip
+            _nft(host.namespace, "add", "rule", "inet", _NFT_TABLE, "input",
+                 "ip", "saddr", other.address, "drop")  # fmt: skip
 
-    def unblock(self, peer: "Host") -> None:
-        """Undo `block(peer)`."""
-        _ip("route", "del", "blackhole", f"{peer.address}/32", namespace=self.namespace)
-        _ip("route", "del", "blackhole", f"{self.address}/32", namespace=peer.namespace)
+    def heal(self, peer: "Host") -> None:
+        """End `partition(peer)`."""
+        for host in (self, peer):
+            _nft(host.namespace, "delete", "table", "inet", _NFT_TABLE)
 
     def kill_all(self) -> None:
         """SIGKILL every process on this host, at once, as when the machine dies."""
