@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     jobs_max_queued: PositiveInt = Field(
         default=10_000, description="Jobs waiting in their queue beyond which new ones get 429."
     )
+    jobs_max_queued_per_key: PositiveInt = Field(
+        default=1000,
+        description="Jobs one API key may have queued or running at once; beyond it, 429. "
+        "Without API_KEYS every client shares one quota.",
+    )
+    jobs_max_bytes_per_key: PositiveInt = Field(
+        default=64 * 1024 * 1024,
+        description="Bytes of payloads and results one API key may keep in Redis at once; "
+        "beyond it, 429.",
+    )
     jobs_min_replicas: NonNegativeInt = Field(
         default=0,
         description="Replicas that must hold a new job before it is accepted (Redis WAIT); 0: "
@@ -117,17 +127,28 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
-        description="Shared secret that signs webhook bodies (HMAC-SHA256); empty: unsigned.",
+        description="Secret that signs the webhooks of jobs that bring none (HMAC-SHA256); "
+        "empty: each such job gets a secret of its own, given in its 202 reply.",
     )
     webhook_allow_private: bool = Field(
         default=False,
-        description="Let webhooks go to private, loopback and link-local addresses.",
+        description="Let webhooks go to private, loopback, link-local and other "
+        "special-purpose addresses.",
+    )
+    webhook_ports: str = Field(
+        default="80,443",
+        description="Ports a callback_url may name, comma-separated; `*`: any port.",
     )
     webhook_max_attempts: PositiveInt = Field(
         default=8, description="Deliveries of one webhook before it is given up as failed."
     )
     webhook_timeout_s: PositiveFloat = Field(
-        default=5.0, description="How long one webhook delivery waits for the receiver."
+        default=5.0,
+        description="Most time one webhook delivery takes in all: connect, send, and the "
+        "receiver's status line and headers.",
+    )
+    webhook_deliveries_at_once: PositiveInt = Field(
+        default=8, description="Webhook deliveries one worker process makes at once."
     )
 
     # --- API ---
@@ -135,6 +156,11 @@ class Settings(BaseSettings):
     api_port: PositiveInt = 8182
     api_workers: PositiveInt = 2
     api_access_log: bool = False
+    status_detail: bool = Field(
+        default=False,
+        description="Let /ready name each worker (host, versions, evaluator) and /health the "
+        "model versions served; off, they say only whether the service is up and ready.",
+    )
 
     # --- Workers ---
     worker_processes: PositiveInt = 2
@@ -142,6 +168,11 @@ class Settings(BaseSettings):
     worker_heartbeat_s: PositiveFloat = 2.0
     worker_ttl_s: PositiveFloat = 10.0
     inference_threads: PositiveInt = 4
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the workers' Prometheus /metrics listen on; in a container, its "
+        "own address (compose and Kubernetes set it).",
+    )
     worker_metrics_port: NonNegativeInt = Field(
         default=9400,
         description="Worker process n serves Prometheus /metrics on this port + n - 1; 0: off.",
@@ -199,6 +230,15 @@ class Settings(BaseSettings):
             raise ValueError("JOB_RUN_TIMEOUT_S must exceed REQUEST_TIMEOUT_MAX_S + 10")
         return self
 
+    @field_validator("webhook_ports")
+    @classmethod
+    def _ports(cls, ports: str) -> str:
+        if ports.strip() != "*":
+            for port in ports.split(","):
+                if port.strip() and not (port.strip().isdigit() and 0 < int(port) < 65536):
+                    raise ValueError(f"must be ports 1-65535, comma-separated, or *; got {port!r}")
+        return ports
+
     @model_validator(mode="after")
     def _cert_needs_key(self) -> "Settings":
         if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
@@ -219,6 +259,13 @@ class Settings(BaseSettings):
         return frozenset(
             k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()
         )
+
+    @property
+    def webhook_port_set(self) -> frozenset[int] | None:
+        """The ports a callback_url may name (None: any)."""
+        if self.webhook_ports.strip() == "*":
+            return None
+        return frozenset(int(p) for p in self.webhook_ports.split(",") if p.strip())
 
     @property
     def broker_url(self) -> str:

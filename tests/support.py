@@ -92,6 +92,8 @@ def tripq_env(redis_url: str, log_dir: Path, **settings: object) -> dict[str, st
     env = child_environment(REDIS_URL=redis_url, LOG_DIR=str(log_dir), PYTHONUNBUFFERED="1")
     # Workers serve no metrics port unless a test asks: many run on this one host at once.
     env.setdefault("WORKER_METRICS_PORT", "0")
+    # Tests read the fleet from /ready; tests of what it hides by default turn this off.
+    env.setdefault("STATUS_DETAIL", "true")
     env.update({name.upper(): str(value) for name, value in settings.items()})
     return env
 

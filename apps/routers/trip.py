@@ -56,7 +56,12 @@ def _admit(request: Request) -> tuple[PredictionClient, Admission, RequestPolicy
     """Check a predict request before its body is read; return the client and admission that
     serve it, and the policy it is served under (deadline, version, what a timeout gets)."""
     policy = request_policy(request)
-    return request.app.state.predictor, request.app.state.admission, policy
+    admission: Admission = request.app.state.admission
+    # Refused now if it would be refused once parsed: an overloaded API must not read and parse
+    # a 4 MiB batch only to answer 429. A job made at once is not held, so not admitted here.
+    if not policy.job_now:
+        admission.check()
+    return request.app.state.predictor, admission, policy
 
 
 async def _hand_over(request: Request, body: bytes, policy: RequestPolicy) -> Response:

@@ -8,6 +8,8 @@ Two bounds, both cheap to check per request:
   times a second, so all API processes stop feeding a queue the workers cannot drain.
 
 A refused request gets Overloaded (429 with Retry-After) at once instead of a timeout later.
+The API checks once before it reads a request's body (`check`: a 4 MiB batch refused anyway is
+neither read nor parsed) and holds the exact count of trips once it has parsed them (`hold`).
 """
 
 import asyncio
@@ -31,14 +33,18 @@ class Admission:
         self.pending = 0
         self.queue_depth = 0  # as last read from Redis
 
-    @contextmanager
-    def hold(self, trips: int = 1) -> Iterator[None]:
-        """Admit `trips` for the duration of the block, or raise Overloaded."""
+    def check(self, trips: int = 1) -> None:
+        """Raise Overloaded unless `trips` more would be admitted now."""
         if self.queue_depth >= self.max_queue_depth:
             raise Overloaded(f"the queue holds {self.queue_depth} tasks; retry shortly")
         # An idle process admits any one request, so no valid request is refused for good.
         if self.pending and self.pending + trips > self.max_pending:
             raise Overloaded("this API process holds as much work as it may; retry shortly")
+
+    @contextmanager
+    def hold(self, trips: int = 1) -> Iterator[None]:
+        """Admit `trips` for the duration of the block, or raise Overloaded."""
+        self.check(trips)
         self.pending += trips
         try:
             yield

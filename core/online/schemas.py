@@ -4,23 +4,40 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class HealthReply(BaseModel):
-    """Liveness of one API process."""
+    """Liveness of one API process; versions only where STATUS_DETAIL allows them."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"name": "tripq", "api_version": "0.1.0", "model_version": "gbm-2021-01-v2"}
+                {"name": "tripq", "alive": True},
+                {
+                    "name": "tripq",
+                    "alive": True,
+                    "api_version": "0.1.0",
+                    "model_version": "gbm-2021-01-v2",
+                    "canary": None,
+                    "canary_share": 0.0,
+                },
             ]
         }
     )
 
     name: str
-    api_version: str
-    model_version: str = Field(
-        description="The current version: it answers requests that pin none (`tripq models`)."
+    alive: bool = Field(description="Always true: a process that answers is alive.")
+    api_version: str | None = Field(
+        default=None, description="The API's software version (STATUS_DETAIL only)."
     )
-    canary: str | None = Field(default=None, description="A candidate version on trial, if any.")
-    canary_share: float = Field(default=0.0, description="Share of unpinned requests it answers.")
+    model_version: str | None = Field(
+        default=None,
+        description="The current version: it answers requests that pin none (`tripq models`; "
+        "STATUS_DETAIL only).",
+    )
+    canary: str | None = Field(
+        default=None, description="A candidate version on trial, if any (STATUS_DETAIL only)."
+    )
+    canary_share: float | None = Field(
+        default=None, description="Share of unpinned requests it answers (STATUS_DETAIL only)."
+    )
 
 
 class WorkerInfo(BaseModel):
@@ -43,11 +60,13 @@ class WorkerInfo(BaseModel):
 
 
 class ReadyReply(BaseModel):
-    """Whether this API process can answer predictions now."""
+    """Whether this API process can answer predictions now; the fleet only where STATUS_DETAIL
+    allows it."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
+                {"ready": True, "redis": True},
                 {
                     "ready": True,
                     "redis": True,
@@ -62,12 +81,17 @@ class ReadyReply(BaseModel):
                         }
                     ],
                     "model_versions": ["gbm-2021-01-v2"],
-                }
+                },
             ]
         }
     )
 
     ready: bool = Field(description="Redis answers and at least one worker holds a model.")
     redis: bool
-    workers: list[WorkerInfo]
-    model_versions: list[str] = Field(description="Distinct model versions the live workers hold.")
+    workers: list[WorkerInfo] | None = Field(
+        default=None, description="The live workers (STATUS_DETAIL only)."
+    )
+    model_versions: list[str] | None = Field(
+        default=None,
+        description="Distinct model versions the live workers hold (STATUS_DETAIL only).",
+    )

@@ -66,15 +66,19 @@ def webhook_delivery() -> WebhookDelivery:
 
 
 def serve_metrics(hostname: str) -> None:
-    """Serve this process's Prometheus metrics on WORKER_METRICS_PORT + its index - 1."""
+    """Serve this process's Prometheus metrics on WORKER_METRICS_HOST, at port
+    WORKER_METRICS_PORT + its index - 1."""
     settings = get_settings()
     if not settings.worker_metrics_port:
         return
     index = hostname.split("@", 1)[0].removeprefix("trip")
     port = settings.worker_metrics_port + (int(index) - 1 if index.isdigit() else 0)
+    # Only where configured (loopback by default): the page names model versions and load, and
+    # its server is not one to expose to every network the host is on.
+    host = settings.worker_metrics_host
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:  # the worker serves on without metrics rather than not at all
-        logger.error("metrics port unavailable", port=port, error=str(exc))
+        logger.error("metrics port unavailable", host=host, port=port, error=str(exc))
         return
-    logger.info("metrics served", port=port)
+    logger.info("metrics served", host=host, port=port)

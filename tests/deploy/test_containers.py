@@ -31,11 +31,14 @@ from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
+import redis
 import typer.main
 import yaml
 from dotenv import dotenv_values
 
 from config import Settings
+from core.infra.embedded_redis import redis_server_binary
+from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -53,7 +56,8 @@ RUNTIME_VARIABLE_PREFIXES = ("PYTHON", "PIP_")
 # The variables each third-party image reads, as its documentation names them; one added to
 # such a service must be listed here, so that a misspelt one cannot silently do nothing.
 IMAGE_VARIABLES: dict[str, frozenset[str]] = {
-    # redis-server takes arguments only; redis-cli (the healthcheck) reads its password here.
+    # redis-server reads arguments and its standard input; the command's script writes this
+    # password there, and redis-cli (the healthcheck) reads it itself.
     "redis": frozenset({"REDISCLI_AUTH"}),
     # nginx reads nothing but boot/compose/nginx.conf; Prometheus its flags and prometheus.yml.
     "nginx": frozenset(),
@@ -96,6 +100,7 @@ DASHBOARD = GRAFANA_DIR / "dashboards" / "tripq.json"
 # The values stand in for the operator's in these tests, as `docker compose config` would get them.
 OPERATOR_SECRETS = {
     "REDIS_PASSWORD": "test-redis-password-0123456789abcdef",
+    "API_KEYS": "test-api-key-0123456789abcdef,test-api-key-fedcba9876543210",
     "FLOWER_BASIC_AUTH": "ops:test-flower-password",
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
 }
@@ -632,6 +637,34 @@ def compose_command_words(value: str | list[str]) -> list[str]:
     return words
 
 
+@dataclass(frozen=True)
+class RedisStart:
+    """How a container's `sh -c` script starts redis-server."""
+
+    launcher: list[str]  # the words before `redis-server`
+    arguments: list[str]  # redis-server's own arguments
+    stdin: list[str]  # the lines of configuration its here-document gives it
+
+
+def redis_start(script: str) -> RedisStart:
+    """Read a script that execs redis-server with configuration in a here-document (<<EOF)."""
+    command, heredoc, rest = script.partition("<<")
+    assert heredoc, f"no here-document: the configuration comes on stdin\n{script}"
+    delimiter, _, document = rest.partition("\n")
+    lines = document.split("\n")
+    assert delimiter.strip() in lines, f"the here-document never ends\n{script}"
+    words = shlex.split(command.replace("\\\n", " "))
+    at = words.index("redis-server")
+    return RedisStart(words[:at], words[at + 1 :], lines[: lines.index(delimiter.strip())])
+
+
+def redis_options(start: RedisStart) -> dict[str, str]:
+    """Return redis-server's `--name value` arguments by name."""
+    options = [word for word in start.arguments if word != "-"]
+    assert all(word.startswith("--") for word in options[::2]), options
+    return dict(zip(options[::2], options[1::2], strict=True))
+
+
 def import_or_skip(module: str) -> ModuleType:
     """Import a module of boot/, or skip the test while it is not written yet."""
     try:
@@ -953,28 +986,74 @@ def test_worker_healthchecks_name_their_own_container_host(
         assert host == "$HOSTNAME", f"{words}: each replica must check its own worker"
 
 
+def test_worker_command_runs_the_images_cmd(
+    services: dict[str, dict[str, Any]], dockerfiles: dict[str, list[Instruction]]
+) -> None:
+    script = compose_command_words(services["worker"]["command"])[2]
+    (cmd,) = [instruction_words(i.arguments) for i in dockerfiles["worker"] if i.keyword == "CMD"]
+
+    assert shlex.split(script.strip().splitlines()[-1]) == ["exec", *cmd]
+
+
+def run_worker_command(services: dict[str, dict[str, Any]], stand_ins: Path, hostname: str) -> str:
+    """Run the worker's compose command with stand-ins for `hostname` and `tripq`; return what
+    it printed, or "" when it stopped before starting tripq."""
+    stand_in(stand_ins, "hostname", hostname)
+    stand_in(stand_ins, "tripq", 'echo "WORKER_METRICS_HOST=$WORKER_METRICS_HOST tripq $*"')
+    result = subprocess.run(
+        compose_command_words(services["worker"]["command"]),
+        env={"PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode == 0) == bool(result.stdout), result
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "addresses", ["172.18.0.5", "172.18.0.5 fd00::5"], ids=["ipv4", "dual-stack"]
+)
+def test_worker_serves_metrics_on_the_containers_own_address(
+    addresses: str, services: dict[str, dict[str, Any]], stand_ins: Path
+) -> None:
+    # Prometheus scrapes the address Docker's DNS gives for the replica: the one in /etc/hosts
+    # that `hostname -i` reads. Not loopback (out of reach), not every interface.
+    printed = run_worker_command(services, stand_ins, f'[ "$1" = -i ] && echo "{addresses}"')
+
+    assert printed == "WORKER_METRICS_HOST=172.18.0.5 tripq worker --processes 1\n"
+
+
+@pytest.mark.parametrize("hostname", ["exit 1", "echo"], ids=["fails", "says-nothing"])
+def test_worker_without_an_address_stops_rather_than_serve_metrics_everywhere(
+    hostname: str, services: dict[str, dict[str, Any]], stand_ins: Path
+) -> None:
+    # An empty WORKER_METRICS_HOST would bind every interface.
+    assert run_worker_command(services, stand_ins, hostname) == ""
+
+
 def test_redis_keeps_its_append_only_file_on_a_named_volume(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
-    command = (
-        redis["command"] if isinstance(redis["command"], list) else shlex.split(redis["command"])
-    )
+    options = redis_options(redis_start(compose_command_words(redis["command"])[2]))
     data_volumes = [
         volume.split(":")[0] if isinstance(volume, str) else volume["source"]
         for volume in redis.get("volumes", [])
         if (volume.split(":")[1] if isinstance(volume, str) else volume["target"]) == "/data"
     ]
 
-    assert command[command.index("--appendonly") + 1] == "yes"
+    assert options["--appendonly"] == "yes"
     assert len(data_volumes) == 1
     assert data_volumes[0] in (compose.get("volumes") or {}), "/data must be a named volume"
 
 
 def test_redis_refuses_writes_when_full_rather_than_evicting(compose: dict[str, Any]) -> None:
-    command = compose["services"]["redis"]["command"]
+    command = compose_command_words(compose["services"]["redis"]["command"])
+    options = redis_options(redis_start(command[2]))
 
     # noeviction: evicting would drop queued tasks, results and jobs without a word.
-    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
-    assert re.fullmatch(r"[1-9]\d*(mb|gb)", command[command.index("--maxmemory") + 1])
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert re.fullmatch(r"[1-9]\d*(mb|gb)", options["--maxmemory"])
 
 
 def test_worker_stop_grace_outlasts_the_request_timeout(
@@ -1268,14 +1347,113 @@ def test_resolved_compose_validates_against_compose_spec(
 # --- Redis: a password, and everyone who talks to Redis has it ---
 
 
-def test_redis_requires_the_operators_password_and_stays_off_the_host(
+def test_redis_requires_the_operators_password_from_its_stdin_and_stays_off_the_host(
     resolved_services: dict[str, dict[str, Any]],
 ) -> None:
     redis = resolved_services["redis"]
-    command = redis["command"]
+    start = redis_start(compose_command_words(redis["command"])[2])
 
-    assert command[command.index("--requirepass") + 1] == OPERATOR_SECRETS["REDIS_PASSWORD"]
+    # `-` first: redis-server reads configuration from stdin, which the here-document fills.
+    assert start.arguments[0] == "-"
+    assert start.stdin == ["requirepass $REDISCLI_AUTH"]
+    assert redis["environment"]["REDISCLI_AUTH"] == OPERATOR_SECRETS["REDIS_PASSWORD"]
+    assert "--requirepass" not in start.arguments
     assert "ports" not in redis, "only the compose network reaches Redis"
+
+
+def test_redis_starts_through_the_images_entrypoint(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # The entrypoint is what drops root for the redis user, and owns /data for it.
+    start = redis_start(compose_command_words(services["redis"]["command"])[2])
+
+    assert start.launcher == ["exec", "docker-entrypoint.sh"]
+    assert "entrypoint" not in services["redis"]
+
+
+def test_no_secret_is_on_any_command_line(resolved_services: dict[str, dict[str, Any]]) -> None:
+    # Arguments show in `ps` on the host and in `docker inspect`; the environment is the place.
+    exposed = [
+        f"{name}.{key}: {secret}"
+        for name, service in resolved_services.items()
+        for key, words in [
+            ("command", service.get("command") or []),
+            ("entrypoint", service.get("entrypoint") or []),
+            ("healthcheck", (service.get("healthcheck") or {}).get("test") or []),
+        ]
+        for secret, value in OPERATOR_SECRETS.items()
+        if any(part in " ".join(words) for part in secret_parts(value))
+    ]
+
+    assert exposed == []
+
+
+def secret_parts(value: str) -> set[str]:
+    """Return a secret and the secrets inside it: each of a list's keys, a login's password."""
+    return {value, *value.split(","), value.partition(":")[2]} - {""}
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path) -> Path:
+    """A folder to put before PATH, for programs of an image that a test stands in for."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    return folder
+
+
+def stand_in(folder: Path, name: str, script: str) -> None:
+    """Write an executable shell script called `name` into `folder`."""
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n", encoding="utf-8")
+    path.chmod(0o755)
+
+
+def test_redis_script_starts_a_redis_that_requires_the_password(
+    resolved_services: dict[str, dict[str, Any]], stand_ins: Path, tmp_path: Path
+) -> None:
+    # The compose script itself, run by sh with a real redis-server; the image's entrypoint is
+    # stood in for by one that only adds a free port and a data folder to what it runs.
+    redis_service = resolved_services["redis"]
+    port = free_port()
+    stand_in(stand_ins, "docker-entrypoint.sh", f'exec "$@" --port {port} --dir "{tmp_path}"')
+    (stand_ins / "redis-server").symlink_to(redis_server_binary())
+    environment = {
+        "PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}",
+        **redis_service["environment"],
+    }
+    password = OPERATOR_SECRETS["REDIS_PASSWORD"]
+    with (tmp_path / "redis.log").open("wb") as log:
+        server = subprocess.Popen(
+            compose_command_words(redis_service["command"]),
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    anonymous = redis.Redis(port=port, socket_timeout=5)
+    client = redis.Redis(port=port, password=password, socket_timeout=5)
+    try:
+
+        def answers() -> bool:
+            assert server.poll() is None, (tmp_path / "redis.log").read_text(errors="replace")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(answers, 15, "redis-server to answer")
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        settings = client.config_get("*")
+    finally:
+        client.close()
+        anonymous.close()
+        server.terminate()
+        server.wait(10)
+
+    assert settings["requirepass"] == password
+    assert (settings["appendonly"], settings["maxmemory-policy"]) == ("yes", "noeviction")
+    assert settings["maxmemory"] == str(512 * 2**20)
 
 
 def test_redis_healthcheck_authenticates_and_wants_pong(
@@ -1406,6 +1584,15 @@ def test_monitoring_healthchecks_probe_the_port_they_publish(
 
 def test_web_runs_several_replicas(services: dict[str, dict[str, Any]]) -> None:
     assert int(services["web"]["deploy"]["replicas"]) >= 2
+
+
+def test_only_the_api_gets_the_operators_api_keys(
+    resolved_services: dict[str, dict[str, Any]],
+) -> None:
+    keys = resolved_services["web"]["environment"]["API_KEYS"]
+
+    assert Settings(api_keys=keys).api_key_set == set(OPERATOR_SECRETS["API_KEYS"].split(","))
+    assert "API_KEYS" not in environment_names(resolved_services["worker"])
 
 
 def test_flower_asks_for_a_login(resolved_services: dict[str, dict[str, Any]]) -> None:

@@ -26,7 +26,16 @@ import yaml
 from pydantic import SecretStr
 
 from config import Settings
-from tests.deploy.test_containers import parse_dockerfile, validator_of
+from tests.deploy.test_containers import (
+    COMPOSE,
+    RedisStart,
+    compose_command_words,
+    load_compose,
+    parse_dockerfile,
+    redis_options,
+    redis_start,
+    validator_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "boot" / "k8s"
@@ -55,6 +64,11 @@ SECRET_SETTINGS = frozenset(
     {"redis_url", "celery_broker_url", "celery_result_backend"}
     | {name for name, field in Settings.model_fields.items() if field.annotation is SecretStr}
 )
+
+# Settings that name the pod itself, from the downward API: they may differ between Deployments.
+POD_OWN_SETTINGS = frozenset({"worker_metrics_host"})
+# What the downward API gives the fields the manifests read, in these tests.
+DOWNWARD_API = {"status.podIP": "10.244.1.7"}
 
 Manifest = dict[str, Any]
 
@@ -308,7 +322,17 @@ def container_environment(
         elif "configMapKeyRef" in reference:
             ref = reference["configMapKeyRef"]
             environment[variable["name"]] = configmaps[ref["name"]]["data"][ref["key"]]
+        elif "fieldRef" in reference:
+            environment[variable["name"]] = DOWNWARD_API[reference["fieldRef"]["fieldPath"]]
     return environment
+
+
+def redis_container_start(base: list[Manifest]) -> RedisStart:
+    """How the Redis container's `sh -c` script starts redis-server."""
+    args = [str(word) for word in only_container(workloads(base)["tripq-redis"])["args"]]
+    shell, flag, script = args
+    assert (shell, flag) == ("sh", "-c"), args
+    return redis_start(script)
 
 
 def settings_in_pod(environment: dict[str, str]) -> Settings:
@@ -553,7 +577,7 @@ def test_pod_settings_validate_and_agree_between_api_and_workers(
     }
 
     assert api.redis_url == worker.redis_url
-    assert differing <= SECRET_SETTINGS, (
+    assert differing <= SECRET_SETTINGS | POD_OWN_SETTINGS, (
         "the API and the workers must agree on queues and deadlines"
     )
 
@@ -1095,12 +1119,12 @@ def test_gpu_overlay_gives_each_worker_one_nvidia_gpu_and_nothing_else(
 def test_redis_keeps_an_append_only_file_on_a_persistent_volume(base: list[Manifest]) -> None:
     redis = workloads(base)["tripq-redis"]
     container = only_container(redis)
-    args = [str(word) for word in container["args"]]
+    options = redis_options(redis_container_start(base))
     claims = {t["metadata"]["name"] for t in redis["spec"].get("volumeClaimTemplates", [])}
     data = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
 
     assert redis["spec"]["replicas"] == 1
-    assert args[args.index("--appendonly") + 1] == "yes"
+    assert options["--appendonly"] == "yes"
     assert len(data) == 1
     assert data[0]["name"] in claims
 
@@ -1109,26 +1133,59 @@ def test_redis_refuses_writes_when_full_and_leaves_room_for_a_rewrite(
     base: list[Manifest],
 ) -> None:
     container = only_container(workloads(base)["tripq-redis"])
-    args = [str(word) for word in container["args"]]
-    megabytes = re.fullmatch(r"(\d+)mb", args[args.index("--maxmemory") + 1])
+    options = redis_options(redis_container_start(base))
+    megabytes = re.fullmatch(r"(\d+)mb", options["--maxmemory"])
 
     # noeviction: evicting would drop queued tasks, results and jobs without a word.
-    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert options["--maxmemory-policy"] == "noeviction"
     assert megabytes, "maxmemory in mb (Redis's 1mb is 2**20 bytes)"
     # Half the limit at most: the fork of an AOF rewrite may copy much of the dataset.
     assert int(megabytes[1]) * 2**20 * 2 <= quantity(container["resources"]["limits"]["memory"])
 
 
-def test_redis_requires_the_password_from_the_secret(
+def test_redis_reads_the_secrets_password_from_its_stdin_never_its_arguments(
     base: list[Manifest], secret: Manifest
 ) -> None:
+    # Arguments are in the container's spec that the runtime keeps, and in `ps` on the node; a
+    # `$(VAR)` reference in them is expanded by the kubelet into the password itself.
     container = only_container(workloads(base)["tripq-redis"])
-    args = [str(word) for word in container["args"]]
-    variable = re.fullmatch(r"\$\((\w+)\)", args[args.index("--requirepass") + 1])
+    start = redis_container_start(base)
     env = {v["name"]: v for v in container["env"]}
 
-    assert variable, "the password itself would be in the manifest"
-    assert env[variable[1]]["valueFrom"]["secretKeyRef"] == {
+    assert start.arguments[0] == "-", "redis-server reads its configuration from stdin"
+    assert start.stdin == ["requirepass $REDISCLI_AUTH"]
+    assert env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == {
         "name": secret["metadata"]["name"],
         "key": "redis-password",
     }
+    assert not any("$(" in str(word) for word in container.get("args", [])), "kubelet expands it"
+    assert "command" not in container, "the image's entrypoint drops root, as in compose"
+
+
+def test_redis_runs_the_script_that_compose_runs_and_its_tests_start(base: list[Manifest]) -> None:
+    # tests/deploy/test_containers.py starts a real redis-server with compose's script.
+    compose_script = compose_command_words(load_compose(COMPOSE)["services"]["redis"]["command"])
+    args = [str(word) for word in only_container(workloads(base)["tripq-redis"])["args"]]
+
+    assert args == compose_script
+
+
+def test_api_does_not_start_without_api_keys(base: list[Manifest]) -> None:
+    container = dict(tripq_containers(base))["tripq-api"]
+    (keys,) = [v for v in container["env"] if v["name"] == "API_KEYS"]
+
+    # Not optional: a missing key leaves the pod in CreateContainerConfigError, not open.
+    assert keys["valueFrom"]["secretKeyRef"].get("optional", False) is False
+
+
+def test_workers_serve_metrics_on_the_pods_own_address(
+    base: list[Manifest], pod_settings: dict[str, Settings]
+) -> None:
+    # The probes and Prometheus reach the pod's IP; loopback is out of their reach, and every
+    # interface more than they need.
+    container = dict(tripq_containers(base))["tripq-worker"]
+    (host,) = [v for v in container["env"] if v["name"] == "WORKER_METRICS_HOST"]
+
+    assert host["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert pod_settings["tripq-worker"].worker_metrics_host == DOWNWARD_API["status.podIP"]
+    assert pod_settings["tripq-api"].worker_metrics_host == "127.0.0.1"
