@@ -8,13 +8,19 @@ from the hub's thread (`show_warnings_on_hub`).
 """
 
 import functools
+import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from gevent import get_hub, monkey
+from gevent.threadpool import ThreadPool
 
 T = TypeVar("T")
+
+# Native threads of the webhooks' name lookups, apart from the hub's pool that runs inference: a
+# receiver's slow name server must not hold a thread a prediction waits for.
+_lookups: ThreadPool | None = None
 
 
 def run_off_hub(fn: Callable[..., T], /, *args: object) -> T:
@@ -29,6 +35,25 @@ def set_offload_threads(count: int) -> None:
     """Size the native thread pool that runs offloaded calls."""
     if monkey.is_module_patched("threading"):
         get_hub().threadpool.maxsize = count
+
+
+def set_lookup_threads(count: int) -> None:
+    """Give name lookups `count` native threads of their own (under gevent)."""
+    global _lookups
+    if monkey.is_module_patched("threading"):
+        _lookups = ThreadPool(count)
+
+
+def look_up_off_hub(host: str, port: int) -> Sequence[tuple[Any, ...]]:
+    """Resolve `host` for TCP to `port`: on the lookups' own threads under gevent (see
+    set_lookup_threads), else directly."""
+    if _lookups is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    getaddrinfo = monkey.get_original("socket", "getaddrinfo")
+    answer: Sequence[tuple[Any, ...]] = _lookups.apply(
+        getaddrinfo, (host, port, 0, socket.SOCK_STREAM)
+    )
+    return answer
 
 
 def show_warnings_on_hub() -> None:

@@ -9,6 +9,8 @@ wait runs out (see apps.checks.RequestPolicy): a slow fleet then answers 202 and
 """
 
 import hashlib
+import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,25 +18,25 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from apps.checks import MODEL_VERSION_HEADER, check_api_key, check_client
+from apps.checks import MODEL_VERSION_HEADER, api_key_owner, check_api_key, check_client
 from apps.errors import (
     ERROR_RESPONSES,
     IDEMPOTENCY_CONFLICT,
     JOB_RESPONSES,
     RETRY_AFTER_S,
 )
+from config import Settings
 from core.errors import (
     BackendUnavailable,
     IdempotencyConflict,
     InvalidTrip,
     JobConflict,
-    Overloaded,
     UnknownJob,
 )
 from core.jobs.payload import encode_job_payload
-from core.jobs.schemas import CallbackUrl, JobReply, JobState
+from core.jobs.schemas import CallbackSecret, CallbackUrl, JobReply, JobState
 from core.jobs.store import JobStore, idempotency_key
-from core.jobs.webhooks import private_literal
+from core.jobs.webhooks import callback_refusal
 from core.online.client import PredictionClient
 from core.online.routing import version_queue
 from core.online.sender import batch_columns
@@ -44,6 +46,7 @@ from core.trip.schemas import TripRequest
 router = APIRouter(prefix="/v1/trip/jobs", tags=["jobs"])
 
 _CALLBACK_URL: TypeAdapter[Any] = TypeAdapter(CallbackUrl)
+_CALLBACK_SECRET: TypeAdapter[str] = TypeAdapter(CallbackSecret)
 _MAX_IDEMPOTENCY_KEY = 255
 
 _IDEMPOTENCY_HEADER = {
@@ -73,32 +76,33 @@ _JOB_BODY = {
 }
 
 
-def _job_store(request: Request) -> JobStore:
+def _job_store(request: Request) -> tuple[JobStore, str]:
+    """Check the request's key; give the job store and the owner the key makes the caller."""
     check_api_key(request)
     store: JobStore = request.app.state.job_store
     predictor: PredictionClient = request.app.state.predictor
     if not predictor.available:
         raise BackendUnavailable("Redis is not reachable")
-    return store
+    return store, api_key_owner(request)
 
 
-def _parse_job(body: bytes, allow_private: bool) -> tuple[dict[str, Any], int, str | None]:
-    """Read a job body, one trip or a batch: (task payload, trips, callback URL)."""
+@dataclass(frozen=True, slots=True)
+class _Callback:
+    """Where a job's webhook goes, and the secret of its own that signs it (None: the global)."""
+
+    url: str
+    secret: str | None
+
+
+def _parse_job(body: bytes, settings: Settings) -> tuple[dict[str, Any], int, _Callback | None]:
+    """Read a job body, one trip or a batch: (task payload, trips, callback)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidTrip(f"body: invalid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise InvalidTrip('body: expected a trip or {"trips": [...]}')
-    callback = document.get("callback_url")
-    if callback is not None:
-        try:
-            callback = str(_CALLBACK_URL.validate_python(callback))
-        except ValidationError as exc:
-            raise InvalidTrip(f"callback_url: {exc.errors()[0]['msg']}") from None
-        private = None if allow_private else private_literal(callback)
-        if private is not None:
-            raise InvalidTrip(f"callback_url: {private} is not a public address")
+    callback = _parse_callback(document, settings)
     if "trips" in document:
         trips, refused = parse_trip_batch(body)
     else:
@@ -110,14 +114,41 @@ def _parse_job(body: bytes, allow_private: bool) -> tuple[dict[str, Any], int, s
     return payload, len(trips) + len(refused), callback
 
 
-def _idempotency(request: Request) -> str | None:
+def _parse_callback(document: dict[str, Any], settings: Settings) -> _Callback | None:
+    """Read a job's `callback_url` and `callback_secret`; a job that needs a secret of its own to
+    be signed (no WEBHOOK_SECRET) gets a new one."""
+    url, secret = document.get("callback_url"), document.get("callback_secret")
+    if url is None:
+        if secret is not None:
+            raise InvalidTrip("callback_secret: sent without a callback_url")
+        return None
+    try:
+        url = str(_CALLBACK_URL.validate_python(url))
+    except ValidationError as exc:
+        raise InvalidTrip(f"callback_url: {exc.errors()[0]['msg']}") from None
+    refusal = callback_refusal(
+        url, allow_private=settings.webhook_allow_private, ports=settings.webhook_port_set
+    )
+    if refusal is not None:
+        raise InvalidTrip(f"callback_url: {refusal}")
+    if secret is not None:
+        try:
+            secret = _CALLBACK_SECRET.validate_python(secret)
+        except ValidationError as exc:
+            raise InvalidTrip(f"callback_secret: {exc.errors()[0]['msg']}") from None
+    elif not settings.webhook_secret.get_secret_value():
+        secret = secrets.token_hex(32)
+    return _Callback(url, secret)
+
+
+def _idempotency(request: Request, owner: str) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
     if not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
         raise InvalidTrip(f"Idempotency-Key: must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
     # Keys are the client's: two clients (API keys) never share one.
-    return idempotency_key(request.headers.get("x-api-key", ""), key)
+    return idempotency_key(owner, key)
 
 
 async def accept_job(
@@ -125,30 +156,33 @@ async def accept_job(
 ) -> Response:
     """Queue the job `body` describes, answered by model `version` (None: current), and reply
     202 with its view and Location."""
-    store = _job_store(request)
+    store, owner = _job_store(request)
     settings = request.app.state.settings
-    payload, trips, callback = _parse_job(body, settings.webhook_allow_private)
-    idempotency = _idempotency(request)
+    payload, trips, callback = _parse_job(body, settings)
+    idempotency = _idempotency(request, owner)
     body_sha = hashlib.sha256(f"{version or ''}\0".encode() + body).hexdigest()
-    created = await store.create(
+    job_id, created_sha = await store.create(
         payload=payload,
         trips=trips,
         body_sha=body_sha,
+        owner=owner,
         idempotency=idempotency,
-        callback_url=callback,
+        callback_url=callback.url if callback else None,
+        callback_secret=callback.secret if callback else None,
         version=version,
         # A pinned job waits in its version's jobs queue, apart from the online one: a backlog
         # of jobs never counts toward QUEUE_MAX_DEPTH nor delays a micro-batch.
         job_queue=None if version is None else version_queue(settings.job_queue, version),
     )
-    if created is None:
-        raise Overloaded(f"{settings.jobs_max_queued} jobs are queued already; retry later")
-    job_id, created_sha = created
     if created_sha != body_sha:
         raise IdempotencyConflict("Idempotency-Key: already used for a different request")
-    view = await store.read(job_id)
+    view = await store.read(job_id, owner)
     if view is None:  # removed between the two calls: only with a result TTL of ~0
         raise UnknownJob(f"job {job_id}: not found")
+    if callback is not None:
+        # The client learns the job's own secret here, and only here; a retry under the same
+        # Idempotency-Key gets the secret the job was made with, not a new one.
+        view["callback"]["secret"] = await store.callback_secret(job_id)
     headers = {"Location": _status_url(job_id), "Retry-After": str(RETRY_AFTER_S)}
     if preference_applied:
         headers["Preference-Applied"] = "respond-async"
@@ -194,7 +228,8 @@ async def submit_job(request: Request) -> Response:
 )
 async def read_job(job_id: str, request: Request) -> Response:
     """Read a job: its state, timestamps, and its result once it succeeded."""
-    view = await _job_store(request).read(job_id)
+    store, owner = _job_store(request)
+    view = await store.read(job_id, owner)
     if view is None:
         raise UnknownJob(f"job {job_id}: not found (unknown, or removed after it ended)")
     headers = {} if JobState(view["state"]).final else {"Retry-After": str(RETRY_AFTER_S)}
@@ -208,13 +243,13 @@ async def read_job(job_id: str, request: Request) -> Response:
 )
 async def cancel_job(job_id: str, request: Request) -> Response:
     """Cancel a job that no worker has started; 409 once it runs or has ended otherwise."""
-    store = _job_store(request)
-    state = await store.cancel(job_id)
+    store, owner = _job_store(request)
+    state = await store.cancel(job_id, owner)
     if state is None:
         raise UnknownJob(f"job {job_id}: not found (unknown, or removed after it ended)")
     if state != JobState.CANCELED:
         raise JobConflict(f"job {job_id}: is {state}; only a queued job can be canceled")
-    view = await store.read(job_id)
+    view = await store.read(job_id, owner)
     if view is None:
         raise UnknownJob(f"job {job_id}: not found")
     return Response(_reply(view), media_type="application/json")

@@ -9,6 +9,7 @@ core.jobs.delivery POSTs what is due.
 """
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -44,6 +45,19 @@ return 1
 """
 
 
+# Read with the view, never part of it: the job's own signing secret (core.jobs.webhooks).
+_SECRET_FIELD = "callback_secret"  # noqa: S105 (a field name)
+
+
+@dataclass(frozen=True, slots=True)
+class DueWebhook:
+    """A webhook to deliver: the job's view (the body) and the secret that signs it (None: the
+    job has none of its own)."""
+
+    view: dict[str, Any]
+    secret: str | None
+
+
 class WebhookQueue:
     """The deliveries that are due, shared by every worker (blocking client)."""
 
@@ -58,13 +72,16 @@ class WebhookQueue:
         due = self._take(keys=[WEBHOOKS_KEY], args=[time.time(), lease_s, most])
         return [job_id.decode() for job_id in due]
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        """Give the view of the job to deliver, or None (and drop the delivery) when it is gone."""
-        fields = view_fields(self._client.hmget(job_key(job_id), VIEW_FIELDS))
+    def job(self, job_id: str) -> DueWebhook | None:
+        """Give the webhook of the job to deliver, or None (and drop the delivery) when the job
+        is gone."""
+        *values, secret = self._client.hmget(job_key(job_id), [*VIEW_FIELDS, _SECRET_FIELD])
+        fields = view_fields(values)
         if "state" not in fields or "callback_url" not in fields:
             self._client.zrem(WEBHOOKS_KEY, job_id)
             return None
-        return job_view(job_id, fields)
+        own = secret.decode() if isinstance(secret, bytes) else secret
+        return DueWebhook(job_view(job_id, fields), own or None)
 
     def record(
         self, job_id: str, attempt: int, error: str, retry_in_s: float, *, final: bool = False

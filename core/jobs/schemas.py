@@ -12,6 +12,16 @@ CallbackUrl = Annotated[
     Field(description="Where tripq POSTs the job, signed, once it ends (see `X-Tripq-Signature`)."),
 ]
 
+CallbackSecret = Annotated[
+    str,
+    Field(
+        min_length=16,
+        max_length=256,
+        description="The secret this job's webhooks are signed with (HMAC-SHA256), for a "
+        "receiver of its own; by default WEBHOOK_SECRET, or one made for the job.",
+    ),
+]
+
 
 class JobTrip(TripRequest):
     """One trip to predict later, in the contract of `/v1/trip/predict`."""
@@ -19,6 +29,7 @@ class JobTrip(TripRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TRIP]})
 
     callback_url: CallbackUrl | None = None
+    callback_secret: CallbackSecret | None = None
 
 
 class JobBatch(BatchRequest):
@@ -31,6 +42,7 @@ class JobBatch(BatchRequest):
     )
 
     callback_url: CallbackUrl | None = None
+    callback_secret: CallbackSecret | None = None
 
 
 class JobPayload(BaseModel):
@@ -85,6 +97,11 @@ class CallbackStatus(BaseModel):
     )
     attempts: int
     error: str | None = Field(default=None, description="Why the last attempt failed.")
+    secret: str | None = Field(
+        default=None,
+        description="In the 202 reply only: the secret of the job's own that signs its webhooks "
+        "(the `callback_secret` sent, or one made for the job when WEBHOOK_SECRET is not set).",
+    )
 
 
 class JobReply(BaseModel):

@@ -18,6 +18,17 @@ then its key expires and its id answers 404. With Redis's append-only file on, a
 survives a Redis restart, and its task, taken by a worker that dies, goes back to the queue
 (core.worker.restorer).
 
+A job belongs to its owner (a digest of the API key that created it, "" without API_KEYS): READ
+and CANCEL see only their caller's jobs, so another key gets 404. Each owner has a quota,
+checked by CREATE in the same script: jobs open (queued or running) and bytes kept (payloads of
+open jobs, results of ended ones), counted in three keys of its own that expire with its last job:
+
+    tripq:owner:<owner>:open   sorted set: job id -> the latest it can still be open
+    tripq:owner:<owner>:kept   sorted set: job id -> when its hash expires
+    tripq:owner:<owner>:bytes  hash: job id -> bytes it holds; `total`: their sum
+
+A job's payload is dropped when it ends; from then it holds only its result.
+
 The API (asyncio) and the workers (gevent, blocking client) share the scripts and the keys here;
 the webhook schedule's own scripts live in core.jobs.schedule.
 """
@@ -34,7 +45,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from config import Settings
-from core.errors import BackendUnavailable
+from core.errors import BackendUnavailable, Overloaded
 from core.jobs.schemas import JobState
 from core.online import protocol
 from core.online.broker import refused_as_unavailable
@@ -43,6 +54,7 @@ RUN_JOB_TASK = "tasks.trip.jobs.run_job"
 _JOB_TASK_PREFIX = "job-"  # a job's task id: the prefix, then the job id
 
 JOB_KEY_PREFIX = "tripq:job:"
+OWNER_KEY_PREFIX = "tripq:owner:"
 IDEMPOTENCY_KEY_PREFIX = "tripq:job-key:"
 WEBHOOKS_KEY = "tripq:webhooks"  # sorted set: job id -> when its next delivery is due
 
@@ -69,12 +81,36 @@ VIEW_FIELDS = (
     "callback_error",
 )
 
-# Lua shared by the scripts: end a job in `state` and keep it `ttl` seconds; a job with a callback
-# is queued for delivery, except when its own client canceled it.
+# Lua shared by the scripts. `keep_owner_keys`: an owner's quota keys live as long as its
+# longest-kept job. `conclude`: end a job in `state` and keep it `ttl` seconds, its payload
+# dropped and its owner's count and bytes updated; a job with a callback is queued for delivery,
+# except when its own client canceled it.
 _CONCLUDE = """
+local function owner_keys(owner)
+  local prefix = 'OWNER_KEY_PREFIX' .. owner
+  return prefix .. ':open', prefix .. ':kept', prefix .. ':bytes'
+end
+local function keep_owner_keys(ttl, ...)
+  for _, name in ipairs({...}) do
+    if redis.call('TTL', name) < ttl then
+      redis.call('EXPIRE', name, ttl)
+    end
+  end
+end
 local function conclude(key, id, state, now, ttl, webhooks)
   redis.call('HSET', key, 'state', state, 'finished_at', now, 'kept_until', now + ttl)
   redis.call('EXPIRE', key, ttl)
+  redis.call('HDEL', key, 'payload')
+  local open, kept, bytes = owner_keys(redis.call('HGET', key, 'owner') or '')
+  redis.call('ZREM', open, id)
+  local counted = redis.call('HGET', bytes, id)
+  if counted then
+    local held = redis.call('HSTRLEN', key, 'result')
+    redis.call('HSET', bytes, id, held)
+    redis.call('HINCRBY', bytes, 'total', held - tonumber(counted))
+    redis.call('ZADD', kept, now + ttl, id)
+    keep_owner_keys(ttl, kept, bytes)
+  end
   if state ~= 'canceled' and redis.call('HEXISTS', key, 'callback_url') == 1 then
     redis.call('HSET', key, 'callback_state', 'pending')
     redis.call('ZADD', webhooks, now, id)
@@ -94,12 +130,16 @@ local function expire_if_due(key, id, now, ttl, webhooks, run_timeout)
   end
   return state
 end
-"""
+""".replace("OWNER_KEY_PREFIX", OWNER_KEY_PREFIX)
 
 # KEYS: job, idempotency key or '', jobs queue, webhooks.
-# ARGV: id, max queued, ttl, message, body hash, then the job's fields as name, value pairs.
-# Returns {id, body hash} of the job (an existing one for a known idempotency key), or {'full'}.
-_CREATE = """
+# ARGV: id, max queued, ttl, message, body hash, owner, now, most open per owner, most bytes per
+# owner, the job's bytes, the latest it can be open, then the job's fields as name, value pairs.
+# Returns {id, body hash} of the job (an existing one for a known idempotency key), {'full'},
+# {'open', count} or {'bytes', total} when the queue or the owner's quota has no room.
+_CREATE = (
+    _CONCLUDE
+    + """
 if KEYS[2] ~= '' then
   local known = redis.call('GET', KEYS[2])
   if known and redis.call('EXISTS', 'JOB_KEY_PREFIX' .. known) == 1 then
@@ -109,26 +149,63 @@ end
 if redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[2]) then
   return {'full'}
 end
-redis.call('HSET', KEYS[1], 'body_sha', ARGV[5], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+local id, ttl, now, size = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[7]), tonumber(ARGV[10])
+local open, kept, bytes = owner_keys(ARGV[6])
+-- Forget the owner's jobs whose hashes have expired (a bounded number a call).
+local gone = redis.call('ZRANGEBYSCORE', kept, '-inf', now, 'LIMIT', 0, 1000)
+for _, old in ipairs(gone) do
+  local counted = redis.call('HGET', bytes, old)
+  if counted then
+    redis.call('HINCRBY', bytes, 'total', -tonumber(counted))
+    redis.call('HDEL', bytes, old)
+  end
+  redis.call('ZREM', kept, old)
+end
+redis.call('ZREMRANGEBYSCORE', open, '-inf', now)
+local count = redis.call('ZCARD', open)
+if count >= tonumber(ARGV[8]) then
+  return {'open', count}
+end
+-- An owner holding nothing may always keep one job, however large: none is refused for good.
+local total = tonumber(redis.call('HGET', bytes, 'total') or '0')
+if total > 0 and total + size > tonumber(ARGV[9]) then
+  return {'bytes', total}
+end
+redis.call('HSET', KEYS[1], 'body_sha', ARGV[5], 'owner', ARGV[6], unpack(ARGV, 12))
+redis.call('EXPIRE', KEYS[1], ttl)
 if KEYS[2] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+  redis.call('SET', KEYS[2], id, 'EX', ttl)
 end
 redis.call('LPUSH', KEYS[3], ARGV[4])
-return {ARGV[1], ARGV[5]}
+redis.call('ZADD', open, ARGV[11], id)
+redis.call('ZADD', kept, now + ttl, id)
+redis.call('HSET', bytes, id, size)
+redis.call('HINCRBY', bytes, 'total', size)
+keep_owner_keys(ttl, open, kept, bytes)
+return {id, ARGV[5]}
 """.replace("JOB_KEY_PREFIX", JOB_KEY_PREFIX)
+)
 
-# The arguments of READ, CANCEL and CLAIM. KEYS: job, webhooks. ARGV: id, now, ttl, run timeout.
+# The arguments of READ, CANCEL and CLAIM. KEYS: job, webhooks. ARGV: id, now, ttl, run timeout,
+# and for READ and CANCEL the caller's owner.
 _JOB_ARGS = """
 local id, now, ttl, run_timeout = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+"""
+
+# Lua: whether the job exists and belongs to the caller (a job of another owner is not there).
+_OWNED = """
+local function owned(key, owner)
+  return redis.call('EXISTS', key) == 1 and (redis.call('HGET', key, 'owner') or '') == owner
+end
 """
 
 # Returns the view fields, or {} for no such job.
 _READ = (
     _CONCLUDE
     + _JOB_ARGS
+    + _OWNED
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if not owned(KEYS[1], ARGV[5]) then
   return {}
 end
 expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout)
@@ -140,7 +217,11 @@ return redis.call('HMGET', KEYS[1], VIEW_FIELDS)
 _CANCEL = (
     _CONCLUDE
     + _JOB_ARGS
+    + _OWNED
     + """
+if not owned(KEYS[1], ARGV[5]) then
+  return false
+end
 local state = expire_if_due(KEYS[1], id, now, ttl, KEYS[2], run_timeout)
 if state == 'queued' then
   conclude(KEYS[1], id, 'canceled', now, ttl, KEYS[2])
@@ -291,6 +372,8 @@ class JobStore:
         self._result_ttl_s = settings.job_result_ttl_s
         self._run_timeout_s = settings.job_run_timeout_s
         self._max_queued = settings.jobs_max_queued
+        self._max_open_per_owner = settings.jobs_max_queued_per_key
+        self._max_bytes_per_owner = settings.jobs_max_bytes_per_key
         self._min_replicas = settings.jobs_min_replicas
         self._origin = origin
         self._create = client.register_script(_CREATE)
@@ -303,27 +386,32 @@ class JobStore:
         payload: dict[str, Any],
         trips: int,
         body_sha: str,
+        owner: str,
         idempotency: str | None,
         callback_url: str | None,
+        callback_secret: str | None,
         version: str | None,
         job_queue: str | None = None,
-    ) -> tuple[str, str] | None:
-        """Accept a job and queue its task; return (job id, body hash), or None when too many
-        jobs wait already. With an `idempotency` key already used, the job it names is returned
-        instead, with the hash of the body that created it."""
+    ) -> tuple[str, str]:
+        """Accept a job of `owner` and queue its task; return (job id, body hash). With an
+        `idempotency` key already used, the job it names is returned instead, with the hash of
+        the body that created it. Raise Overloaded when the queue or the owner's quota is full."""
         job_id = new_job_id()
         now = time.time()
         # To the microsecond, as the message's expiry says it: both end the job's queueing at once.
         expires = datetime.fromtimestamp(now + self._queue_timeout_s, UTC)
+        encoded = orjson.dumps(payload).decode()
         fields: dict[str, str | float | int] = {
             "state": JobState.QUEUED,
             "trips": trips,
-            "payload": orjson.dumps(payload).decode(),
+            "payload": encoded,
             "created_at": now,
             "expires_at": expires.timestamp(),
         }
         if callback_url:
             fields["callback_url"] = callback_url
+        if callback_secret:
+            fields["callback_secret"] = callback_secret
         if version:
             fields["pinned_version"] = version
         queue = job_queue or self._queue
@@ -346,14 +434,27 @@ class JobStore:
             async with self._client.pipeline(transaction=False) as pipe:
                 await self._create(
                     keys=[job_key(job_id), idempotency or "", queue, WEBHOOKS_KEY],
-                    args=[job_id, self._max_queued, ttl, message, body_sha, *flat],
+                    args=[
+                        job_id,
+                        self._max_queued,
+                        ttl,
+                        message,
+                        body_sha,
+                        owner,
+                        now,
+                        self._max_open_per_owner,
+                        self._max_bytes_per_owner,
+                        len(encoded),
+                        # A job ends by then at the latest: expired unstarted, or failed running.
+                        expires.timestamp() + self._run_timeout_s,
+                        *flat,
+                    ],
                     client=pipe,
                 )
                 if self._min_replicas:
                     pipe.execute_command("WAIT", self._min_replicas, int(REPLICA_WAIT_S * 1000))
                 answer, *copies = await pipe.execute()
-        if answer[0] == b"full":
-            return None
+        _raise_if_refused(answer, self._max_queued)
         if copies and copies[0] < self._min_replicas:
             # The master holds the job, and a worker may run it; a failover now could lose it.
             # The client is told so; its retry with the same Idempotency-Key finds the job if
@@ -364,22 +465,48 @@ class JobStore:
             )
         return answer[0].decode(), answer[1].decode()
 
-    async def read(self, job_id: str) -> dict[str, Any] | None:
-        """Give a job's view, or None when no such job is kept."""
+    async def read(self, job_id: str, owner: str) -> dict[str, Any] | None:
+        """Give the view of a job of `owner`, or None when it has no such job."""
         if not JOB_ID.fullmatch(job_id):
             return None
+        keys, args = _job_args(job_id, self._result_ttl_s, self._run_timeout_s)
         with refused_as_unavailable():
-            values = await self._read(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+            values = await self._read(keys=keys, args=[*args, owner])
         fields = view_fields(values or [])
         return job_view(job_id, fields) if "state" in fields else None
 
-    async def cancel(self, job_id: str) -> str | None:
-        """Cancel a job not yet started; return the state it is in afterwards (None: unknown)."""
+    async def callback_secret(self, job_id: str) -> str | None:
+        """Give the secret a job's webhooks are signed with, when it has one of its own."""
+        with refused_as_unavailable():
+            secret = await self._client.hget(job_key(job_id), "callback_secret")
+        return secret.decode() if isinstance(secret, bytes) else None
+
+    async def cancel(self, job_id: str, owner: str) -> str | None:
+        """Cancel a job of `owner` not yet started; return the state it is in afterwards (None:
+        `owner` has no such job)."""
         if not JOB_ID.fullmatch(job_id):
             return None
+        keys, args = _job_args(job_id, self._result_ttl_s, self._run_timeout_s)
         with refused_as_unavailable():
-            state = await self._cancel(*_job_args(job_id, self._result_ttl_s, self._run_timeout_s))
+            state = await self._cancel(keys=keys, args=[*args, owner])
         return state.decode() if state else None
+
+
+def _raise_if_refused(answer: list[Any], max_queued: int) -> None:
+    """Raise Overloaded when CREATE found no room: in the queue, or in the owner's quota."""
+    match answer[0]:
+        case b"full":
+            raise Overloaded(f"{max_queued} jobs are queued already; retry later")
+        case b"open":
+            raise Overloaded(
+                f"this API key has {answer[1]} jobs queued or running, its most "
+                "(JOBS_MAX_QUEUED_PER_KEY); retry once some have ended"
+            )
+        case b"bytes":
+            raise Overloaded(
+                f"this API key keeps {answer[1]} bytes of jobs, its most with this one "
+                "(JOBS_MAX_BYTES_PER_KEY); retry once some have ended or expired"
+            )
 
 
 class JobRunner:

@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from config import get_settings
 from core.infra.redis_clients import sync_client
-from core.jobs.delivery import WebhookDelivery
+from core.jobs.delivery import Lookup, WebhookDelivery, system_lookup
 from core.jobs.execution import JobExecution
 from core.jobs.store import JobRunner
 from core.model.shelf import ModelShelf, Offload
@@ -60,9 +60,9 @@ def job_execution(shelf: ModelShelf) -> JobExecution:
 
 
 @functools.cache
-def webhook_delivery() -> WebhookDelivery:
-    """The process's webhook deliverer."""
-    return WebhookDelivery(broker_client(), get_settings())
+def webhook_delivery(lookup: Lookup = system_lookup) -> WebhookDelivery:
+    """The process's webhook deliverer, resolving names with `lookup`."""
+    return WebhookDelivery(broker_client(), get_settings(), lookup=lookup)
 
 
 def serve_metrics(hostname: str) -> None:

@@ -17,9 +17,11 @@ from celery.exceptions import Reject
 from celery.signals import task_revoked, worker_ready
 from loguru import logger
 
+from config import get_settings
 from core.jobs.store import RUN_JOB_TASK, job_of_task
 from core.worker.process import job_execution, job_runner, webhook_delivery
 from tasks.app import app
+from tasks.offload import look_up_off_hub, set_lookup_threads
 from tasks.worker import model_shelf, start_service
 
 
@@ -55,4 +57,6 @@ def _settle_expired_job(request: Any = None, expired: bool = False, **_: Any) ->
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_deliveries(**_: Any) -> None:
-    start_service("tripq-webhooks", webhook_delivery().run)
+    # One lookup thread per delivery slot: lookups never wait for one another, nor for inference.
+    set_lookup_threads(get_settings().webhook_deliveries_at_once)
+    start_service("tripq-webhooks", webhook_delivery(look_up_off_hub).run)

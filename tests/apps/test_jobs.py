@@ -48,7 +48,8 @@ def base(redis_url: str, log_dir: Path) -> Iterator[str]:
         log_dir,
         webhook_secret=SECRET,
         webhook_max_attempts=WEBHOOK_ATTEMPTS,
-        webhook_allow_private=True,  # the test receivers listen on this machine
+        webhook_allow_private=True,  # the test receivers listen on this machine,
+        webhook_ports="*",  # on ports of their own
         job_result_ttl_s=RESULT_TTL_S,
     )
     with running_platform(env, log_dir) as url:
@@ -67,7 +68,8 @@ def idle_env(redis_url: str, log_dir: Path) -> dict[str, str]:
         request_timeout_s=1,
         request_timeout_max_s=1,
         job_run_timeout_s=IDLE_RUN_TIMEOUT_S,
-        webhook_allow_private=True,  # the test receivers listen on this machine
+        webhook_allow_private=True,  # the test receivers listen on this machine,
+        webhook_ports="*",  # on ports of their own
     )
 
 
@@ -159,6 +161,11 @@ def test_the_same_idempotency_key_gives_back_the_same_job_and_refuses_another_bo
         ({"trips": [TRIP], "callback_url": "not a url"}, "callback_url"),
         ({k: v for k, v in TRIP.items() if k != "trip_distance"}, "trip_distance"),
         ({"trips": []}, "trips"),
+        (
+            {**TRIP, "callback_url": "https://example.com/h", "callback_secret": "short"},
+            "callback_secret",
+        ),
+        ({**TRIP, "callback_secret": "a secret long enough"}, "callback_secret"),
         ([TRIP], "body"),
     ],
 )
@@ -213,15 +220,54 @@ def test_a_webhook_is_retried_until_delivered_and_every_delivery_is_signed(
     )
     assert len(receiver.deliveries) == 2
     for attempt, (headers, body) in enumerate(receiver.deliveries, start=1):
-        assert verify(SECRET, body, headers[SIGNATURE_HEADER])
-        assert not verify("another secret", body, headers[SIGNATURE_HEADER])
-        assert headers[DELIVERY_HEADER] == f"{job_id}.{attempt}"
+        signature, delivery = headers[SIGNATURE_HEADER], headers[DELIVERY_HEADER]
+        assert verify(SECRET, body, signature, delivery=delivery, url=receiver.url)
+        assert not verify("another secret", body, signature, delivery=delivery)
+        assert not verify(SECRET, body, signature, delivery=f"{job_id}.{attempt + 1}")
+        assert not verify(SECRET, body, signature, delivery=delivery, url=f"{receiver.url}/x")
+        assert delivery == f"{job_id}.{attempt}"
         delivered = json.loads(body)
         assert delivered["job_id"] == job_id
         assert delivered["state"] == "succeeded"
         assert delivered["result"]["replies"][0]["request_id"] == "j1"
     callback = job(base, job_id)["callback"]
     assert callback == {"url": receiver.url, "state": "delivered", "attempts": 2, "error": None}
+
+
+@pytest.mark.parametrize("receiver", [0], indirect=True)
+def test_a_job_with_a_secret_of_its_own_is_signed_with_it_not_with_the_global_one(
+    base: str, receiver: Receiver
+) -> None:
+    own = "the receiver's own secret"
+    reply = submit(base, {**TRIP, "callback_url": receiver.url, "callback_secret": own})
+    job_id = reply.json()["job_id"]
+
+    assert reply.json()["callback"]["secret"] == own
+    wait_until(lambda: receiver.deliveries, 30, "the webhook")
+    headers, body = receiver.deliveries[0]
+    signature, delivery = headers[SIGNATURE_HEADER], headers[DELIVERY_HEADER]
+    assert verify(own, body, signature, delivery=delivery, url=receiver.url)
+    assert not verify(SECRET, body, signature, delivery=delivery)
+    assert own.encode() not in body
+    assert "secret" not in job(base, job_id)["callback"]
+
+
+@pytest.mark.parametrize("receiver", [0], indirect=True)
+def test_without_a_webhook_secret_each_job_gets_one_in_its_202_only(
+    idle: str, receiver: Receiver
+) -> None:
+    body = {**TRIP, "callback_url": receiver.url}
+    first = submit(idle, body, **{"Idempotency-Key": "signed-by-default"})
+    again = submit(idle, body, **{"Idempotency-Key": "signed-by-default"})
+    other = submit(idle, body)
+
+    secret = first.json()["callback"]["secret"]
+    assert len(secret) == 64
+    assert again.json()["callback"]["secret"] == secret  # the job's, not a new one
+    assert other.json()["callback"]["secret"] != secret
+    assert "secret" not in job(idle, first.json()["job_id"])["callback"]
+    for reply in (first, other):
+        httpx.delete(f"{idle}/v1/trip/jobs/{reply.json()['job_id']}", timeout=5)
 
 
 @pytest.mark.parametrize("receiver", [WEBHOOK_ATTEMPTS + 5], indirect=True)
