@@ -38,7 +38,7 @@ from tests.receivers import (
 from tests.support import free_port
 
 TIMEOUT_S = 1.0
-MARGIN_S = 0.5  # what a delivery may take beyond WEBHOOK_TIMEOUT_S: the closing of its socket
+MARGIN_S = 1.5  # beyond WEBHOOK_TIMEOUT_S: closing its socket, on a busy host
 GIB = 1 << 30
 SECRET = "job-secret"
 # Loopback receivers: private addresses, allowed here unless a test says otherwise.
