@@ -118,9 +118,7 @@ def _parse_callback(document: dict[str, Any], settings: Settings) -> _Callback |
     """Read a job's `callback_url` and `callback_secret`; a job that needs a secret of its own to
     be signed (no WEBHOOK_SECRET) gets a new one."""
     url, secret = document.get("callback_url"), document.get("callback_secret")
-    if url is None:
-        if secret is not None:
-            raise InvalidTrip("callback_secret: sent without a callback_url")
+    if url is None:  # a secret without a callback signs nothing: it is not kept
         return None
     try:
         url = str(_CALLBACK_URL.validate_python(url))

@@ -151,28 +151,33 @@ if redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[2]) then
 end
 local id, ttl, now, size = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[7]), tonumber(ARGV[10])
 local open, kept, bytes = owner_keys(ARGV[6])
--- Forget the owner's jobs whose hashes have expired (a bounded number a call).
-local gone = redis.call('ZRANGEBYSCORE', kept, '-inf', now, 'LIMIT', 0, 1000)
-for _, old in ipairs(gone) do
-  local counted = redis.call('HGET', bytes, old)
-  if counted then
-    redis.call('HINCRBY', bytes, 'total', -tonumber(counted))
-    redis.call('HDEL', bytes, old)
-  end
-  redis.call('ZREM', kept, old)
-end
-redis.call('ZREMRANGEBYSCORE', open, '-inf', now)
-local count = redis.call('ZCARD', open)
+-- Reads first: the job's HSET must be the script's first write, for a Redis at maxmemory
+-- refuses a script's first write that needs memory, but no later one (the script is atomic).
+local count = redis.call('ZCOUNT', open, '(' .. now, '+inf')
 if count >= tonumber(ARGV[8]) then
   return {'open', count}
 end
+-- The owner's jobs whose hashes have expired count no more (a bounded number a call).
+local gone = redis.call('ZRANGEBYSCORE', kept, '-inf', now, 'LIMIT', 0, 1000)
+local freed = 0
+for _, old in ipairs(gone) do
+  freed = freed + tonumber(redis.call('HGET', bytes, old) or '0')
+end
 -- An owner holding nothing may always keep one job, however large: none is refused for good.
-local total = tonumber(redis.call('HGET', bytes, 'total') or '0')
+local total = tonumber(redis.call('HGET', bytes, 'total') or '0') - freed
 if total > 0 and total + size > tonumber(ARGV[9]) then
   return {'bytes', total}
 end
 redis.call('HSET', KEYS[1], 'body_sha', ARGV[5], 'owner', ARGV[6], unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ttl)
+for _, old in ipairs(gone) do
+  redis.call('HDEL', bytes, old)
+  redis.call('ZREM', kept, old)
+end
+if freed > 0 then
+  redis.call('HINCRBY', bytes, 'total', -freed)
+end
+redis.call('ZREMRANGEBYSCORE', open, '-inf', now)
 if KEYS[2] ~= '' then
   redis.call('SET', KEYS[2], id, 'EX', ttl)
 end
