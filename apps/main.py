@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from loguru import logger
 
+from apps.docs_assets import install_docs
 from apps.errors import install_error_handlers
 from apps.middleware import BodySizeLimit, RequestTracking
 from apps.routers import health, jobs, trip
@@ -91,6 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="How long will this NYC taxi trip take? Queue-backed predictions over HTTP.",
         description=__doc__,
         lifespan=lifespan,
+        # Served by install_docs instead, with their assets: FastAPI's pages load them from CDNs.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it sees every reply, the body limit's 413 included.
@@ -99,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(trip.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    install_docs(app)
     _document_request_schemas(app)
     return app
 
