@@ -156,6 +156,24 @@ class Settings(BaseSettings):
     api_port: PositiveInt = 8182
     api_workers: PositiveInt = 2
     api_access_log: bool = False
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Addresses of the proxies whose X-Forwarded-For and X-Forwarded-Proto the "
+        "API believes (comma-separated; `*`: any): the client's address in logs is then the "
+        "one the proxy saw.",
+    )
+    grpc_host: str = "127.0.0.1"
+    grpc_port: PositiveInt = Field(
+        default=50051, description="Where `tripq grpc` serves tripq.v1.TripService."
+    )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/HTTP endpoint that traces are exported to (e.g. http://jaeger:4318); "
+        "empty: no tracing, at no cost.",
+    )
+    otel_service_name: str = Field(
+        default="tripq", description="The service name traces carry (`-api`, `-worker` ... added)."
+    )
     status_detail: bool = Field(
         default=False,
         description="Let /ready name each worker (host, versions, evaluator) and /health the "
@@ -229,6 +247,14 @@ class Settings(BaseSettings):
         if self.job_run_timeout_s <= self.request_timeout_max_s + 10:
             raise ValueError("JOB_RUN_TIMEOUT_S must exceed REQUEST_TIMEOUT_MAX_S + 10")
         return self
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, endpoint: str) -> str:
+        parts = urlsplit(endpoint)
+        if endpoint and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"must be an http:// or https:// URL, or empty; got {endpoint!r}")
+        return endpoint
 
     @field_validator("webhook_ports")
     @classmethod

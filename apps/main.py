@@ -25,28 +25,17 @@ from apps.errors import install_error_handlers
 from apps.middleware import BodySizeLimit, RequestTracking
 from apps.routers import health, jobs, trip
 from config import Settings, get_settings
-from core.errors import ModelError
+from core.infra import otel
 from core.infra.logs import configure_logging
 from core.jobs.schemas import JobBatch, JobTrip
 from core.jobs.store import JobStore
-from core.model.registry import read_card, resolve_model_dir
-from core.online.admission import Admission, export_queue_metrics, watch_queue_depth
-from core.online.client import PredictionClient, connect_broker
+from core.model.registry import serving_version
+from core.online.admission import export_queue_metrics
+from core.online.door import open_door
 from core.trip.schemas import BatchRequest, TripRequest
 
-# How long start-up waits for the result subscription before serving (503s until it is up).
-_SUBSCRIBE_WAIT_S = 2.0
 # How often each API process reads the queues for /metrics (depth, oldest task's age).
 _QUEUE_METRICS_EVERY_S = 1.0
-
-
-def serving_version(settings: Settings) -> str:
-    """Name the model version the fleet is configured to serve, without loading the model."""
-    try:
-        return read_card(resolve_model_dir(settings.artifact_dir, settings.serving_version)).version
-    except ModelError as exc:
-        logger.warning("no model card", error=exc.message)
-        return "unknown"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,29 +51,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             json_lines=settings.log_json,
             access_log=settings.api_access_log,
         )
+        # Here, in each API process after gunicorn forked it: an exporter thread of its own.
+        otel.start_tracing(settings, "api")
         app.state.settings = settings
         app.state.api_keys = settings.api_key_set
-        app.state.model_version = serving_version(settings)
-        # One connection pool to the broker, shared by predictions and async jobs.
-        broker = connect_broker(settings)
-        app.state.predictor = client = PredictionClient.from_settings(settings, broker=broker)
-        app.state.admission = admission = Admission(
-            max_pending=settings.max_pending_requests, max_queue_depth=settings.queue_max_depth
-        )
-        app.state.job_store = JobStore(broker, settings, origin=client.origin)
-        await client.start(wait_s=_SUBSCRIBE_WAIT_S)
-        watchers = [
-            asyncio.create_task(watch_queue_depth(client.queue_depth, admission)),
-            asyncio.create_task(export_queue_metrics(client.export_queues, _QUEUE_METRICS_EVERY_S)),
-        ]
-        logger.info("api ready", model_version=app.state.model_version)
+        app.state.model_version = serving_version(settings.artifact_dir, settings.serving_version)
         try:
-            yield
+            async with open_door(settings) as door:
+                app.state.predictor = door.predictor
+                app.state.admission = door.admission
+                # The broker's pool, shared by predictions and async jobs.
+                app.state.job_store = JobStore(door.broker, settings, origin=door.predictor.origin)
+                metrics = asyncio.create_task(
+                    export_queue_metrics(door.predictor.export_queues, _QUEUE_METRICS_EVERY_S)
+                )
+                logger.info("api ready", model_version=app.state.model_version)
+                try:
+                    yield
+                finally:
+                    metrics.cancel()
         finally:
-            for watcher in watchers:
-                watcher.cancel()
-            await client.close()
-            await broker.aclose()
+            otel.stop_tracing()  # exports the spans still held
 
     app = FastAPI(
         title="tripq",

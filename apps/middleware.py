@@ -1,17 +1,25 @@
-"""ASGI middleware of the API: trace ids and metrics, and a body size limit.
+"""ASGI middleware of the API: trace ids, OpenTelemetry server spans and metrics, and a body
+size limit.
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs a task and a stream per
 request on the hot path.
 """
 
+import contextlib
 import time
 
 import orjson
+from opentelemetry.trace import Span, Status, StatusCode
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import ReplyCode
-from core.infra import metrics, tracing
+from core.infra import metrics, otel, tracing
+
+_UNTRACED: contextlib.nullcontext[None] = contextlib.nullcontext()  # reused: free when off
+# Probes and scrapes, every few seconds from every orchestrator and Prometheus: no spans, which
+# would bury the requests' traces.
+_UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 # What a refusal's status says; every other status is an answer, a timeout or a failure.
 REJECTED_REASONS = {
@@ -38,7 +46,8 @@ def reply_outcome(status: int) -> str | None:
 
 class RequestTracking:
     """Give every request a trace id (the client's X-Request-ID, or a new one) that its logs,
-    its task and its reply carry; count its reply and time it, by route."""
+    its task and its reply carry, and a server span when tracing is on; count its reply and time
+    it, by route."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -48,27 +57,62 @@ class RequestTracking:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        trace_id = tracing.take_trace_id(_header(scope, b"x-request-id"))
-        echoed = (b"x-request-id", trace_id.encode())
-        status = 500  # unless a reply starts
+        with _server_span(scope) as span:
+            sent = _header(scope, b"x-request-id")
+            trace_id = tracing.take_trace_id(sent, otel.trace_id_of(span))
+            echoed = (b"x-request-id", trace_id.encode())
+            status = 500  # unless a reply starts
 
-        async def tracked(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), echoed]
-            await send(message)
+            async def tracked(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message["headers"] = [*message.get("headers", ()), echoed]
+                await send(message)
 
-        # Every log line written while serving it carries the id (core.infra.logs reads it).
-        token = tracing.trace_id.set(trace_id)
-        try:
-            await self.app(scope, receive, tracked)
-        finally:
-            tracing.trace_id.reset(token)
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            seconds = time.perf_counter() - started
-            metrics.record_reply(endpoint, status, seconds, reply_outcome(status))
+            # Every log line written while serving it carries the id (core.infra.logs reads it).
+            token = tracing.trace_id.set(trace_id)
+            try:
+                await self.app(scope, receive, tracked)
+            finally:
+                tracing.trace_id.reset(token)
+                route = scope.get("route")
+                endpoint = getattr(route, "path", None) or "unmatched"
+                seconds = time.perf_counter() - started
+                metrics.record_reply(endpoint, status, seconds, reply_outcome(status))
+                if span is not None:
+                    _describe_reply(span, scope["method"], getattr(route, "path", None), status)
+                    if trace_id == sent:  # the client's own id finds the trace too
+                        span.set_attribute("http.request.header.x-request-id", (trace_id,))
+
+
+def _server_span(scope: Scope) -> contextlib.AbstractContextManager[Span | None]:
+    """Trace an HTTP request as a server span that continues the client's trace, if it sent
+    one (a no-op when tracing is off)."""
+    if not otel.enabled() or scope["path"] in _UNTRACED_PATHS:
+        return _UNTRACED
+    carrier = {}
+    for name in otel.CARRIER_HEADERS:
+        value = _header(scope, name.encode())
+        if value is not None:
+            carrier[name] = value
+    attributes = {
+        "http.request.method": scope["method"],
+        "url.path": scope["path"],
+        "url.scheme": scope.get("scheme", "http"),
+    }
+    return otel.request_span(scope["method"], attributes, carrier)
+
+
+def _describe_reply(span: Span, method: str, route: str | None, status: int) -> None:
+    """Name a server span after its route and give it the reply's status, as OTel's HTTP
+    conventions say: only a server's own failure (5xx) is an error."""
+    if route is not None:
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
 
 
 class BodySizeLimit:

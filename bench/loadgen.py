@@ -3,7 +3,8 @@
 Both run as a child process, keep one HTTP/1.1 keep-alive connection per simulated client, POST the
 same body (a fresh request_id per request where the body holds `ID_MARKER`), check every reply
 the same way (`reply_is_ok`) and print one `BENCH_RESULT {json}` line, so the runner reads
-either the same way and measures either's CPU time the same way.
+either the same way and measures either's CPU time the same way. bench.grpc_loadgen is their
+gRPC sibling, of the same design, for tripq.v1.TripService.
 """
 
 import argparse
@@ -25,7 +26,8 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-LoadgenKind = Literal["wrk", "python"]
+# grpc: bench.grpc_loadgen, which calls tripq.v1.TripService/Predict (the URL is host:port).
+LoadgenKind = Literal["wrk", "python", "grpc"]
 
 ID_MARKER = "@ID@"  # replaced by a per-request id in the body of a single-trip request
 RESULT_PREFIX = "BENCH_RESULT "
@@ -81,6 +83,13 @@ def loadgen_argv(
             "-s", str(WRK_SCRIPT),
             url, "--", str(body_file), str(expect),
         ]  # fmt: skip
+    if kind == "grpc":
+        return [
+            sys.executable, "-m", "bench.grpc_loadgen", url,
+            "--body-file", str(body_file),
+            "--concurrency", str(concurrency),
+            "--duration", f"{duration_s:g}",
+        ]  # fmt: skip
     return [
         sys.executable, "-m", "bench.loadgen", url,
         "--body-file", str(body_file),
@@ -134,7 +143,7 @@ def parse_result(output: str, context: str) -> LoadResult:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """Counters shared by the clients of one run (one event loop, so no locking)."""
 
     started: int = 0
@@ -207,7 +216,7 @@ async def read_reply(reader: asyncio.StreamReader) -> Reply:
 
 
 async def _client(
-    host: str, port: int, make: RequestMaker, expect: int, tally: _Tally, timeout_s: float
+    host: str, port: int, make: RequestMaker, expect: int, tally: Tally, timeout_s: float
 ) -> None:
     """Send requests back to back on one connection, reconnecting after any failure."""
     while True:
@@ -265,12 +274,19 @@ async def run_load(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     make = request_maker(url, body)
-    tally = _Tally()
+    tally = Tally()
     started = time.perf_counter()
     clients = [
         asyncio.create_task(_client(host, port, make, expect, tally, timeout_s))
         for _ in range(concurrency)
     ]
+    return await finish_load(clients, tally, started, duration_s)
+
+
+async def finish_load(
+    clients: list["asyncio.Task[None]"], tally: Tally, started: float, duration_s: float
+) -> LoadResult:
+    """Let `clients` run until `duration_s` after `started`, stop them, and sum up `tally`."""
     crashed, _ = await asyncio.wait(clients, timeout=duration_s)
     elapsed = time.perf_counter() - started
     for client in clients:
@@ -308,6 +324,11 @@ def main() -> None:
             duration_s=args.duration,
         )
     )
+    print_result(result)
+
+
+def print_result(result: LoadResult) -> None:
+    """Print a run's `BENCH_RESULT` line, for the runner to read."""
     fields = asdict(result)
     del fields["cpu_s"]  # the parent measures it
     sys.stdout.write(RESULT_PREFIX + json.dumps(fields) + "\n")

@@ -19,6 +19,7 @@ SYSTEMS = (
     "naive",
     "tripq",
     "tripq-batch",
+    "tripq-grpc",
     "tripq-baseline",
     "tripq-prefork",
 )
@@ -37,7 +38,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Assemble the results JSON: machine, settings, rows, ratios and targets."""
     ratios, targets = judge(rows)
-    return {
+    report = {
         "machine": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
@@ -50,6 +51,35 @@ def build_report(
         "targets": targets,
         "failures": failures,
     }
+    doors = rest_and_grpc(rows)
+    if doors:
+        report["rest_vs_grpc"] = doors
+    return report
+
+
+def rest_and_grpc(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put tripq's REST and gRPC doors side by side at each client count both were run at."""
+    by_point = {(r["system"], r["concurrency"]): r for r in rows}
+    pairs = []
+    for level in sorted({r["concurrency"] for r in rows}):
+        rest, grpc = by_point.get(("tripq", level)), by_point.get(("tripq-grpc", level))
+        if rest is None or grpc is None:
+            continue
+        pairs.append(
+            {
+                "concurrency": level,
+                "rest_rps": rest["rps"],
+                "grpc_rps": grpc["rps"],
+                "grpc_over_rest": _ratio(grpc["rps"], rest["rps"]),
+                "rest_p50_ms": rest["p50_ms"],
+                "grpc_p50_ms": grpc["p50_ms"],
+                "rest_p99_ms": rest["p99_ms"],
+                "grpc_p99_ms": grpc["p99_ms"],
+                "rest_errors": rest["errors"],
+                "grpc_errors": grpc["errors"],
+            }
+        )
+    return pairs
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -219,5 +249,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for target in report["targets"].values():
         verdict = {True: "[green]holds[/]", False: "[red]misses[/]", None: "not measured"}
         console.print(f"  {verdict[target['holds']]}  {target['target']}: {target['figure']}")
+    for pair in report.get("rest_vs_grpc", []):
+        console.print(
+            f"  {pair['concurrency']} clients: REST {pair['rest_rps']:,.1f}/s "
+            f"p99 {pair['rest_p99_ms']:.2f} ms, gRPC {pair['grpc_rps']:,.1f}/s "
+            f"p99 {pair['grpc_p99_ms']:.2f} ms (gRPC/REST {pair['grpc_over_rest']})"
+        )
     for failure in report["failures"]:
         console.print(f"[red]{failure['deployment']} failed[/red]")

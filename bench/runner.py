@@ -1,10 +1,12 @@
 """`tripq bench`: every system side by side on this machine, each with one API process.
 
     for each deployment (noop, inprocess, inprocess-compiled, naive, tripq, tripq-baseline,
-    tripq-prefork; tripq serves tripq and tripq-batch with the default model, tripq-baseline
-    serves the linear baseline, tripq-prefork is tripq's API with a prefork worker):
+    tripq-prefork; tripq serves tripq, tripq-batch and tripq-grpc with the default model (its
+    `tripq grpc` beside its API, the REST and gRPC doors side by side), tripq-baseline serves the
+    linear baseline, tripq-prefork is tripq's API with a prefork worker):
         start a fresh embedded Redis on a free port, then the system's processes; wait until ready
-        for each client count: warm up (not counted), measure, let the queue drain
+        for each client count, each of its systems in turn: warm up (not counted), measure,
+            let the queue drain
         stop every process it started, newest first: SIGTERM, then SIGKILL after a bound
     then: a table on the terminal, the results JSON with ratios and targets, a PNG beside it
 
@@ -45,6 +47,7 @@ from core.infra.embedded_redis import EmbeddedRedis
 from core.infra.launch import Child, gunicorn_argv, prefork_worker_argv, tripq_argv
 
 BATCH_PATH = "/v1/trip/predict/batch"
+GRPC_SYSTEM = "tripq-grpc"  # tripq.v1.TripService/Predict, on the tripq deployment
 BASELINE_VERSION = "baseline-2021-01"
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
 BENCH_TRIP = {"PULocationID": 130, "DOLocationID": 250, "trip_distance": 3.0}
@@ -118,7 +121,7 @@ def _spawn(
     return child
 
 
-def _child_env(redis_url: str, log_dir: Path) -> dict[str, str]:
+def child_env(redis_url: str, log_dir: Path) -> dict[str, str]:
     """The environment of every system's processes: the bench's Redis, quiet logs."""
     # CELERY_* overrides would point a child at another Redis: child_environment drops them.
     return child_environment(
@@ -160,6 +163,7 @@ class Deployment:
     base_url: str
     redis_url: str
     worker: "Child | None" = None  # tripq's `tripq worker`, whose children do the work
+    grpc_target: str | None = None  # host:port of its `tripq grpc`, when tripq-grpc is measured
 
 
 def worker_rss_mib(worker: Child) -> float | None:
@@ -184,19 +188,22 @@ def start_deployment(name: str, cfg: BenchConfig, stack: ExitStack, work: Path) 
     except RuntimeError as exc:
         raise BenchError(f"embedded Redis: {exc}") from exc
     stack.callback(server.stop)
-    env = _child_env(server.url, work / "logs")
+    env = child_env(server.url, work / "logs")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     if name == "tripq-baseline":  # tripq itself, serving the linear baseline
         env["SERVING_VERSION"] = BASELINE_VERSION
     if name in ("tripq", "tripq-prefork", "tripq-baseline"):
-        worker = _start_tripq(cfg, stack, env, work, port, prefork=name == "tripq-prefork")
-        return Deployment(base_url, server.url, worker)
+        worker = start_tripq(cfg, stack, env, work, port, prefork=name == "tripq-prefork")
+        grpc_target = None
+        if name == "tripq" and GRPC_SYSTEM in cfg.systems:
+            grpc_target = _start_grpc(stack, env, work, worker)
+        return Deployment(base_url, server.url, worker, grpc_target)
     _start_app(name, stack, env, work, port)
     return Deployment(base_url, server.url)
 
 
-def _start_tripq(
+def start_tripq(
     cfg: BenchConfig,
     stack: ExitStack,
     env: dict[str, str],
@@ -217,6 +224,22 @@ def _start_tripq(
     ready = f"http://127.0.0.1:{port}/ready"
     _wait_until(lambda: _answers(ready), [worker, api], "tripq /ready 200")
     return worker
+
+
+def _start_grpc(stack: ExitStack, env: dict[str, str], work: Path, worker: Child) -> str:
+    """Start `tripq grpc` beside tripq's API, on the same worker; return its host:port once its
+    health says SERVING and it has answered a first trip."""
+    # Imported here: grpcio is loaded only when a gRPC system is measured.
+    from apps.grpc.health import is_serving
+    from bench.grpc_loadgen import first_answer
+
+    target = f"127.0.0.1:{free_port()}"
+    host, port = target.split(":")
+    argv = tripq_argv("grpc", "--host", host, "--port", port)
+    grpc = _spawn(stack, "tripq-grpc", argv, env, work, _APP_STOP_S)
+    _wait_until(lambda: is_serving(target, 2.0), [worker, grpc], "tripq grpc SERVING")
+    _wait_until(lambda: first_answer(target, BENCH_TRIP), [worker, grpc], "a first gRPC answer")
+    return target
 
 
 def _start_app(name: str, stack: ExitStack, env: dict[str, str], work: Path, port: int) -> None:
@@ -319,6 +342,8 @@ def measure(
     url = deployment.base_url + (BATCH_PATH if batch else PREDICT_PATH)
     body = bodies.batch if batch and bodies.batch else bodies.single
     expect = cfg.batch_size if batch else 1
+    if system == GRPC_SYSTEM:
+        kind, url = "grpc", deployment.grpc_target or ""
     with (work / "loadgen.log").open("ab") as log:
 
         def load(seconds: float) -> LoadResult:
@@ -372,7 +397,8 @@ def _deployments(systems: tuple[str, ...]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for system in SYSTEMS:
         if system in systems:
-            groups.setdefault(system.removesuffix("-batch"), []).append(system)
+            deployment = system.removesuffix("-batch").removesuffix("-grpc")
+            groups.setdefault(deployment, []).append(system)
     return groups
 
 
@@ -407,8 +433,10 @@ def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
             try:
                 with ExitStack() as stack:
                     deployment = start_deployment(name, cfg, stack, work)
-                    for system in systems:
-                        for concurrency in cfg.concurrency:
+                    # Each client count in turn for every system of the deployment, so that
+                    # REST and gRPC are measured back to back, under the same conditions.
+                    for concurrency in cfg.concurrency:
+                        for system in systems:
                             row = measure(system, deployment, concurrency, cfg, bodies, kind, work)
                             rows.append(row)
                             console.print(progress_line(row))
@@ -424,6 +452,8 @@ def run_bench(cfg: BenchConfig, console: Console) -> dict[str, Any]:
         "request_timeout_s": get_settings().request_timeout_s,
     }
     report = build_report(settings, kind, rows, failures)
+    if GRPC_SYSTEM in cfg.systems:
+        report["machine"]["grpc_loadgen"] = "python grpc.aio (uvloop)"
     report["worker_rss_mib"] = memory
     write_report(report, cfg.output)
     print_report(report, console)

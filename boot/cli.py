@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -22,7 +23,7 @@ from boot.procs import ProcessGroup
 from config import Settings, get_settings, inherited_environment
 from core.errors import TripqError
 from core.infra.embedded_redis import EmbeddedRedis, redis_answers
-from core.infra.launch import api_argv, worker_argv
+from core.infra.launch import api_argv, tripq_argv, worker_argv
 from core.infra.redis_clients import sync_client
 from core.model.registry import read_card, resolve_model_dir
 from core.online.client import PredictionClient, TripAnswer
@@ -54,6 +55,11 @@ Concurrency = Annotated[
 Host = Annotated[str | None, typer.Option(help="Address the API binds [API_HOST].")]
 Port = Annotated[int | None, typer.Option(min=1, max=65535, help="API port [API_PORT].")]
 ApiWorkers = Annotated[int | None, typer.Option(min=1, help="API processes [API_WORKERS].")]
+GrpcHost = Annotated[str | None, typer.Option(help="Address the gRPC server binds [GRPC_HOST].")]
+GrpcPort = Annotated[
+    int | None, typer.Option(min=1, max=65535, help="gRPC server port [GRPC_PORT].")
+]
+_GRPC_HEALTH_TIMEOUT_S = 2.0
 
 
 @app.command()
@@ -64,6 +70,54 @@ def api(host: Host = None, port: Port = None, workers: ApiWorkers = None) -> Non
         host or settings.api_host, port or settings.api_port, workers or settings.api_workers
     )
     os.execv(sys.executable, argv)
+
+
+@app.command()
+def grpc(host: GrpcHost = None, port: GrpcPort = None) -> None:
+    """Serve tripq.v1.TripService over gRPC, with grpc.health.v1 and server reflection."""
+    # Imported here: grpcio loads only in the process that serves it.
+    from apps.grpc.server import serve
+
+    settings = get_settings()
+    asyncio.run(serve(settings, host or settings.grpc_host, port or settings.grpc_port))
+
+
+@app.command("grpc-health")
+def grpc_health(
+    address: Annotated[
+        str | None, typer.Argument(help="host:port of the gRPC server [GRPC_HOST:GRPC_PORT].")
+    ] = None,
+    service: Annotated[
+        str,
+        typer.Option(
+            help='The service asked about: "" the server itself (it serves), '
+            "tripq.v1.TripService (Redis answers too)."
+        ),
+    ] = "",
+) -> None:
+    """Exit 0 when the gRPC server says SERVING (grpc.health.v1), 1 otherwise: a healthcheck."""
+    from apps.grpc.health import is_serving
+
+    settings = get_settings()
+    target = address or f"{_connectable(settings.grpc_host)}:{settings.grpc_port}"
+    raise typer.Exit(0 if is_serving(target, _GRPC_HEALTH_TIMEOUT_S, service) else 1)
+
+
+@app.command("grpc-stubs")
+def grpc_stubs(
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write them; default: beside the protos.")
+    ] = None,
+) -> None:
+    """Generate the Python stubs of tripq's protos (needs the dev extras)."""
+    from apps.grpc.stubs import PROTO_ROOT, StubsError, generate_stubs
+
+    try:
+        for path in generate_stubs(out or PROTO_ROOT):
+            typer.echo(str(path))
+    except StubsError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -91,10 +145,13 @@ def up(
     api_workers: ApiWorkers = None,
     processes: Processes = None,
     concurrency: Concurrency = None,
+    grpc_port: GrpcPort = None,
 ) -> None:
-    """Start everything: Redis (embedded if none answers), workers and the API; Ctrl-C stops all."""
+    """Start everything: Redis (embedded if none answers), workers, the API and the gRPC server;
+    Ctrl-C stops all."""
     settings = get_settings()
     host, port = host or settings.api_host, port or settings.api_port
+    grpc_port = grpc_port or settings.grpc_port
     redis_server = _ensure_redis(settings)
     _compile_default_trees(settings)
     group = ProcessGroup()
@@ -105,8 +162,12 @@ def up(
         for index in range(1, (processes or settings.worker_processes) + 1):
             group.start(f"worker {index}", worker_argv(settings, index, greenlets), env)
         group.start("api", api_argv(host, port, api_workers or settings.api_workers), env)
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        if _wait_ready(base, group):
+        # gRPC beside HTTP, on the API's address.
+        group.start("grpc", tripq_argv("grpc", "--host", host, "--port", str(grpc_port)), env)
+        base = f"http://{_connectable(host)}:{port}"
+        grpc_target = f"{_connectable(host)}:{grpc_port}"
+        if _wait_ready(base, grpc_target, group):
+            console.print(f"gRPC {grpc_target}: tripq.v1.TripService, health, reflection")
             console.print(
                 f"[bold green]tripq is up[/]: API {base}  docs {base}/docs  (Ctrl-C stops)"
             )
@@ -236,8 +297,11 @@ def _compile_default_trees(settings: Settings) -> None:
         console.print(f"[yellow]{escape(exc.message)}: workers use scikit-learn's trees[/yellow]")
 
 
-def _wait_ready(base: str, group: ProcessGroup) -> bool:
-    """Wait until the API says it is ready; False if a child died or a stop was requested."""
+def _wait_ready(base: str, grpc_target: str, group: ProcessGroup) -> bool:
+    """Wait until the API says it is ready and the gRPC server that it serves; False if a child
+    died or a stop was requested."""
+    from apps.grpc.health import is_serving
+
     deadline = time.monotonic() + _READY_TIMEOUT_S
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline and not group.stop_requested:
@@ -246,7 +310,7 @@ def _wait_ready(base: str, group: ProcessGroup) -> bool:
                 console.print(f"[red]{gone[0]} exited with code {gone[1]} during start-up[/red]")
                 return False
             try:
-                if client.get(f"{base}/ready").status_code == 200:
+                if client.get(f"{base}/ready").status_code == 200 and is_serving(grpc_target, 2.0):
                     return True
             except httpx.HTTPError:
                 pass
@@ -254,6 +318,11 @@ def _wait_ready(base: str, group: ProcessGroup) -> bool:
     if not group.stop_requested:
         console.print(f"[red]tripq was not ready within {_READY_TIMEOUT_S:g} s[/red]")
     return False
+
+
+def _connectable(host: str) -> str:
+    """Name an address a client on this machine reaches a server bound to `host` at."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
 
 def _without_password(url: str) -> str:

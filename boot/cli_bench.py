@@ -12,7 +12,8 @@ from config import PROJECT_ROOT
 console = Console(stderr=True)
 
 ALL_SYSTEMS = (
-    "noop,inprocess,inprocess-compiled,naive,tripq,tripq-batch,tripq-baseline,tripq-prefork"
+    "noop,inprocess,inprocess-compiled,naive,tripq,tripq-batch,tripq-grpc,tripq-baseline,"
+    "tripq-prefork"
 )
 
 
@@ -56,7 +57,8 @@ def bench(
         Path, typer.Option(help="Results JSON; the plot goes beside it as .png.")
     ] = PROJECT_ROOT / "bench" / "results" / "latest.json",
 ) -> None:
-    """Benchmark noop, in-process, naive Celery and tripq side by side, one API process each."""
+    """Benchmark noop, in-process, naive Celery and tripq (REST and gRPC) side by side, one API
+    process each."""
     try:
         # Imported here: bench/ lives in the source tree only (the images leave it out) and
         # needs the dev extras, while every other command must start without either.

@@ -24,6 +24,9 @@ worker_class = "boot.uvicorn_worker.TripqUvicornWorker"
 graceful_timeout = int(_settings.request_timeout_max_s) + 5
 timeout = 30
 keepalive = 5
+# Behind a proxy (compose's nginx), the client's address is the one the proxy saw, taken from its
+# X-Forwarded-For only when the connection comes from one of these: anyone else could forge it.
+forwarded_allow_ips = _settings.forwarded_allow_ips
 accesslog = None
 proc_name = "tripq-api"
 

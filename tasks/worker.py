@@ -1,5 +1,5 @@
-"""A worker's lifecycle, wired to Celery's signals: logging at boot, services once ready, a
-goodbye at exit.
+"""A worker's lifecycle, wired to Celery's signals: logging and tracing at boot, services once
+ready, a span per task when tracing, a goodbye (and the last spans) at exit.
 
 Once ready, a worker loads its model and starts the services of core.worker on their own threads
 (greenlets under gevent): its heartbeat, its routing follower, the sweep that gives a dead
@@ -18,7 +18,9 @@ import gevent
 from celery.signals import (
     setup_logging,
     task_postrun,
+    task_prerun,
     task_revoked,
+    worker_init,
     worker_ready,
     worker_shutdown,
 )
@@ -29,6 +31,7 @@ from loguru import logger
 
 from config import get_settings
 from core.errors import ModelError
+from core.infra import otel
 from core.infra.logs import configure_logging
 from core.worker import metrics as worker_metrics
 from core.worker.follower import RoutingFollower
@@ -97,6 +100,29 @@ def _configure_logging(**_: Any) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _start_tracing(sender: Any, **_: Any) -> None:
+    """Trace this process's tasks, when OTEL_EXPORTER_OTLP_ENDPOINT says where to: each task a
+    span, and storing its result (its delivery to the API) a span inside it."""
+    if not otel.start_tracing(settings, "worker"):
+        return
+    # Celery sends no signal around storing a result, and the backend's class depends on the URL
+    # (redis, rediss, sentinel): so its one instance in this process is wrapped.
+    backend = sender.app.backend
+    backend.store_result = otel.traced_result_store(backend.store_result)
+    # Connected only when tracing: Celery skips sending a signal that nobody receives.
+    task_prerun.connect(_start_task_span, weak=False)
+    task_postrun.connect(_end_task_span, weak=False)
+
+
+def _start_task_span(task_id: str, task: Any, **_: Any) -> None:
+    otel.start_task_span(task_id, task.name, task.request)
+
+
+def _end_task_span(task_id: str, state: str | None = None, retval: object = None, **_: Any) -> None:
+    otel.end_task_span(task_id, state, retval)
+
+
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _on_ready(sender: Any, **_: Any) -> None:
     """Load the model, then start the heartbeat, the routing follower, the restorer and the
@@ -162,3 +188,4 @@ def _count_revoked(request: Any = None, expired: bool = False, **_: Any) -> None
 def _on_shutdown(sender: Any, **_: Any) -> None:
     stopping.set()
     say_goodbye(broker_client(), sender.hostname)
+    otel.stop_tracing()

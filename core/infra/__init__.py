@@ -8,6 +8,8 @@
                        logs           loguru once per process, standard logging routed into it
                        metrics        the API's Prometheus metrics (multiprocess under gunicorn)
                        tracing        the trace id from X-Request-ID to both processes' logs
+                       otel           OpenTelemetry spans of requests, tasks and results (off
+                                      unless OTEL_EXPORTER_OTLP_ENDPOINT)
                        files          files written atomically, and named by their sha256
 
 Each module reads its settings from config.Settings, and none opens anything at import.

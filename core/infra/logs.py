@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from core.infra import tracing
+from core.infra import otel, tracing
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -52,6 +52,9 @@ def _add_trace_id(record: "Record") -> None:
     trace_id = tracing.trace_id.get()
     if trace_id is not None:
         record["extra"].setdefault(tracing.LOG_FIELD, trace_id)
+    traced = otel.log_trace_id()  # None unless tracing is on, inside a span
+    if traced is not None:
+        record["extra"].setdefault(otel.LOG_FIELD, traced)
 
 
 def configure_logging(

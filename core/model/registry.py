@@ -14,6 +14,7 @@ artifact itself (core.model.artifact), so scikit-learn stays out of the API.
 
 from pathlib import Path
 
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InvalidArtifact, ModelError
@@ -128,3 +129,13 @@ def resolve_model_dir(artifact_dir: Path, version: str | None) -> Path:
     if not model_dir.is_dir():
         raise ModelError(f"model {name!r} not found: {model_dir} is not a directory")
     return model_dir
+
+
+def serving_version(artifact_dir: Path, version: str | None) -> str:
+    """Name the model version the fleet is configured to serve (`version`, else CURRENT's),
+    without loading the model; "unknown" when it has no readable card."""
+    try:
+        return read_card(resolve_model_dir(artifact_dir, version)).version
+    except ModelError as exc:
+        logger.warning("no model card", error=exc.message)
+        return "unknown"

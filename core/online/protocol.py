@@ -12,6 +12,7 @@ Results travel the other way through Celery's Redis result backend, which stores
 
 import base64
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,10 +43,13 @@ def encode_task(
     expires: datetime | None,
     origin: str,
     ignore_result: bool = False,
+    trace_headers: Mapping[str, str] | None = None,
 ) -> bytes:
     """Encode a task as the JSON envelope a Celery worker pops from the Redis list `queue`.
 
-    `expires` None: the task never expires; `ignore_result`: the worker stores no result.
+    `expires` None: the task never expires; `ignore_result`: the worker stores no result;
+    `trace_headers`: the W3C Trace Context of the span that sends it (core.infra.otel), carried
+    among the message's headers, where a Celery worker finds them on the task's request.
     """
     # Arguments may hold numpy arrays (whole columns, from `tripq score`): written as JSON lists.
     body = orjson.dumps([args, kwargs, _NO_EMBED], option=orjson.OPT_SERIALIZE_NUMPY)
@@ -71,6 +75,8 @@ def encode_task(
         "stamped_headers": None,
         "stamps": {},
     }
+    if trace_headers:
+        headers.update(trace_headers)
     properties: dict[str, Any] = {
         "correlation_id": task_id,
         "reply_to": "",

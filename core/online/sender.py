@@ -13,8 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.trace import Span
+
 from core.errors import DeadlineExceeded, ModelError, PredictionFailed
-from core.infra import metrics
+from core.infra import metrics, otel
 from core.online import protocol
 from core.online.broker import Broker
 from core.online.deadline import Deadline
@@ -49,9 +51,11 @@ class TaskSender:
         deadline: Deadline,
         version: str | None = None,
         trace_ids: Sequence[str] = (),
+        spans: Sequence[Span] | None = None,
     ) -> BatchPrediction:
         """Send `columns` as one task for model `version` (None: a worker's current one) and
-        return its answer; DeadlineExceeded at `deadline`. `trace_ids`: for the worker's logs."""
+        return its answer; DeadlineExceeded at `deadline`. `trace_ids`: for the worker's logs;
+        `spans`: those of the requests it answers, for its trace (None: the current span's)."""
         loop = asyncio.get_running_loop()
         task_id = self._inbox.new_task_id()
         queue = self._queue if version is None else version_queue(self._queue, version)
@@ -62,21 +66,24 @@ class TaskSender:
             kwargs["trace_ids"] = list(trace_ids)
         size = len(columns[contract.DISTANCE])
         metrics.BATCH_SIZE.observe(size)
-        message = protocol.encode_task(
-            task_id=task_id,
-            task_name=PREDICT_BATCH_TASK,
-            queue=queue,
-            args=[columns],
-            kwargs=kwargs,
-            # The task expires with its requests: no worker computes an answer nobody awaits.
-            expires=deadline.expires(),
-            origin=self._origin,
-        )
         future = self._inbox.expect(task_id)
         timer = deadline.expire_at(future)
         sent = loop.time()
         try:
-            await self._broker.push(queue, message)
+            with otel.send_span(PREDICT_BATCH_TASK, queue, task_id, size, spans) as trace_headers:
+                message = protocol.encode_task(
+                    task_id=task_id,
+                    task_name=PREDICT_BATCH_TASK,
+                    queue=queue,
+                    args=[columns],
+                    kwargs=kwargs,
+                    # The task expires with its requests: no worker computes an answer nobody
+                    # awaits.
+                    expires=deadline.expires(),
+                    origin=self._origin,
+                    trace_headers=trace_headers,
+                )
+                await self._broker.push(queue, message)
             outcome = await future
         finally:
             timer.cancel()

@@ -9,7 +9,7 @@ from typing import Any
 
 from loguru import logger
 
-from core.infra import tracing
+from core.infra import otel, tracing
 from core.trip.schemas import BatchPrediction, TripColumns, TripPrediction, TripRequest
 from core.worker import metrics as worker_metrics
 from tasks.app import app
@@ -61,6 +61,7 @@ def predict_batch(
         inference_ms=round(inference_s * 1000, 3),
         queue_ms=round(max(0.0, started - sent_at) * 1000, 3),
     )
+    otel.annotate(trips=len(durations), model_version=version)
     worker_metrics.WORKER_INFERENCE_SECONDS.observe(inference_s)
     worker_metrics.WORKER_BATCH_SIZE.observe(len(durations))
     logger.info(

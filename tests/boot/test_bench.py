@@ -1,4 +1,5 @@
-"""`tripq bench`: its load generator's reply check, and a short real run (that it works, not speed).
+"""`tripq bench`: its load generators' reply checks, and a short real run (that it works, not
+speed), REST and gRPC side by side.
 
 The run uses the Python load generator, so it needs no wrk; the bench starts its own Redis on a
 free port for each system and stops every process it started.
@@ -7,12 +8,17 @@ free port for each system and stops every process it started.
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from apps.grpc.protos.tripq.v1 import trip_pb2, trip_pb2_grpc
+from bench.grpc_loadgen import run_grpc_load
 from bench.loadgen import ID_MARKER, reply_is_ok, run_load
 from boot.cli_bench import bench
 
@@ -108,11 +114,80 @@ def test_python_loadgen_counts_ok_and_error_replies_and_survives_hangups() -> No
     assert len(set(server.request_ids)) == len(server.request_ids), "request ids repeat"
 
 
+class CyclingServicer(trip_pb2_grpc.TripServiceServicer):
+    """Answers ok, a reply for another trip, or a refusal, in turn."""
+
+    KINDS = ("ok", "wrong", "ok", "refused")
+
+    def __init__(self) -> None:
+        self.sent = dict.fromkeys(self.KINDS, 0)
+        self.request_ids: list[str] = []
+        self._turn = 0
+
+    async def Predict(
+        self, request: trip_pb2.Trip, context: "grpc.aio.ServicerContext[Any, Any]"
+    ) -> trip_pb2.PredictReply:
+        """Answer in the turn's way."""
+        self.request_ids.append(request.request_id)
+        kind = self.KINDS[self._turn % len(self.KINDS)]
+        self._turn += 1
+        self.sent[kind] += 1
+        if kind == "refused":
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "retry shortly")
+        request_id = request.request_id if kind == "ok" else "someone else's"
+        return trip_pb2.PredictReply(request_id=request_id, duration=12.5, model_version="m")
+
+    async def PredictBatch(
+        self, request: trip_pb2.PredictBatchRequest, context: "grpc.aio.ServicerContext[Any, Any]"
+    ) -> trip_pb2.PredictBatchReply:
+        """Not called by the load generator."""
+        raise NotImplementedError
+
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[trip_pb2.Trip],
+        context: "grpc.aio.ServicerContext[Any, Any]",
+    ) -> AsyncIterator[trip_pb2.TripOutcome]:
+        """Not called by the load generator."""
+        raise NotImplementedError
+        yield  # an async generator, as the servicer's signature says
+
+
+def test_grpc_loadgen_counts_correct_answers_and_every_other_reply_as_an_error() -> None:
+    servicer = CyclingServicer()
+
+    async def drive() -> tuple[int, int, int, int]:
+        server = grpc.aio.server()
+        trip_pb2_grpc.add_TripServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            result = await run_grpc_load(
+                f"127.0.0.1:{port}",
+                {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 3.0},
+                concurrency=2,
+                duration_s=0.5,
+            )
+        finally:
+            await server.stop(None)
+        return result.requests, result.ok, result.errors, result.unfinished
+
+    requests, ok, errors, unfinished = asyncio.run(drive())
+
+    assert ok > 10
+    assert errors > 10
+    assert requests == ok + errors
+    # Calls in flight when the run ends are not counted, only reported: at most one per client.
+    assert 0 <= unfinished <= 2
+    assert servicer.sent["ok"] - 2 <= ok <= servicer.sent["ok"]
+    assert len(set(servicer.request_ids)) == len(servicer.request_ids), "request ids repeat"
+
+
 def test_bench_runs_every_system_and_writes_results_and_plot(tmp_path: Path) -> None:
     app = typer.Typer()
     app.command()(bench)
     output = tmp_path / "bench.json"
-    systems = ["noop", "inprocess", "tripq"]
+    systems = ["noop", "inprocess", "tripq", "tripq-grpc"]
 
     outcome = CliRunner().invoke(
         app,
@@ -144,3 +219,8 @@ def test_bench_runs_every_system_and_writes_results_and_plot(tmp_path: Path) -> 
     assert report["machine"]["cpu_count"] >= 1
     assert report["failures"] == []
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # REST and gRPC, side by side on the same tripq deployment.
+    assert [p["concurrency"] for p in report["rest_vs_grpc"]] == [1, 4]
+    for pair in report["rest_vs_grpc"]:
+        assert pair["rest_rps"] == rows[("tripq", pair["concurrency"])]["rps"]
+        assert pair["grpc_rps"] == rows[("tripq-grpc", pair["concurrency"])]["rps"]

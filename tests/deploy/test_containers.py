@@ -15,6 +15,7 @@ tool is installed: promtool (Debian's `prometheus` package), promql-parser and c
 import copy
 import importlib
 import importlib.resources
+import ipaddress
 import json
 import os
 import re
@@ -48,8 +49,11 @@ DOCKERFILES = {
     "worker": ROOT / "boot" / "worker.Dockerfile",
 }
 # Which image each compose service runs, to check a service against its own Dockerfile.
-SERVICE_IMAGES = {"web": "api", "worker": "worker"}
+SERVICE_IMAGES = {"web": "api", "worker": "worker", "grpc": "api"}
 TRIPQ_SERVICES = tuple(SERVICE_IMAGES)
+# The services that scale with --scale, and that Prometheus scrapes: gRPC publishes its port
+# (one replica) and serves no metrics.
+SCALED_SERVICES = ("web", "worker")
 
 # Variables a Dockerfile may set besides Settings fields: they tune Python and pip themselves.
 RUNTIME_VARIABLE_PREFIXES = ("PYTHON", "PIP_")
@@ -105,10 +109,17 @@ OPERATOR_SECRETS = {
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
 }
 # Where each service's UI or API listens in its container, and publishes on the host.
-PUBLISHED_PORTS = {"nginx": 8182, "flower": 5555, "prometheus": 9090, "grafana": 3000}
-# Services published on every interface; the others (no login, or monitoring only) stay on
-# loopback unless the operator sets MONITORING_ADDR.
-PUBLIC_SERVICES = frozenset({"nginx"})
+PUBLISHED_PORTS = {
+    "nginx": 8182,
+    "grpc": 50051,
+    "flower": 5555,
+    "prometheus": 9090,
+    "grafana": 3000,
+    "jaeger": 16686,
+}
+# Services published on every interface (the clients' doors, each behind API keys); the others
+# (no login, or monitoring only) stay on loopback unless the operator sets MONITORING_ADDR.
+PUBLIC_SERVICES = frozenset({"nginx", "grpc"})
 # nginx resolves `server NAME resolve` again as replicas come and go only from 1.27.3 on.
 NGINX_MIN_VERSION = (1, 27, 3)
 # Before WORKER_METRICS_PORT is a Settings field, the port the metrics contract gives it.
@@ -960,7 +971,7 @@ def test_tripq_services_wait_for_a_healthy_redis(
     assert depends_on.get("redis", {}).get("condition") == "service_healthy"
 
 
-@pytest.mark.parametrize("name", TRIPQ_SERVICES)
+@pytest.mark.parametrize("name", SCALED_SERVICES)
 def test_tripq_services_scale_without_fixed_name_or_host_port(
     name: str, services: dict[str, dict[str, Any]]
 ) -> None:
@@ -1573,7 +1584,7 @@ def test_only_nginx_listens_on_every_interface(
     ), published
 
 
-@pytest.mark.parametrize("name", sorted(set(PUBLISHED_PORTS) - {"nginx"}))
+@pytest.mark.parametrize("name", sorted(set(PUBLISHED_PORTS) - PUBLIC_SERVICES))
 def test_monitoring_healthchecks_probe_the_port_they_publish(
     name: str, services: dict[str, dict[str, Any]]
 ) -> None:
@@ -1586,13 +1597,44 @@ def test_web_runs_several_replicas(services: dict[str, dict[str, Any]]) -> None:
     assert int(services["web"]["deploy"]["replicas"]) >= 2
 
 
-def test_only_the_api_gets_the_operators_api_keys(
+def test_only_the_api_and_grpc_get_the_operators_api_keys(
     resolved_services: dict[str, dict[str, Any]],
 ) -> None:
-    keys = resolved_services["web"]["environment"]["API_KEYS"]
-
-    assert Settings(api_keys=keys).api_key_set == set(OPERATOR_SECRETS["API_KEYS"].split(","))
+    for door in ("web", "grpc"):
+        keys = resolved_services[door]["environment"]["API_KEYS"]
+        assert Settings(api_keys=keys).api_key_set == set(OPERATOR_SECRETS["API_KEYS"].split(","))
     assert "API_KEYS" not in environment_names(resolved_services["worker"])
+
+
+def test_grpc_runs_tripq_grpc_from_the_api_image_on_the_settings_port(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    grpc = services["grpc"]
+    words = compose_command_words(grpc["command"])
+    port = settings.grpc_port
+
+    assert grpc["build"] == services["web"]["build"], "the API's image serves gRPC too"
+    assert words[:2] == ["tripq", "grpc"]
+    assert words[words.index("--host") + 1] == "0.0.0.0"
+    assert words[words.index("--port") + 1] == str(port)
+    assert [p[1:] for p in published_ports(grpc)] == [(port, port)]
+
+
+def test_grpc_healthcheck_asks_grpc_health_on_its_own_port(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    words = compose_command_words(services["grpc"]["healthcheck"]["test"])
+
+    assert words == ["tripq", "grpc-health", f"127.0.0.1:{settings.grpc_port}"]
+
+
+def test_grpc_stop_grace_outlasts_its_drain(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    server = import_or_skip("apps.grpc.server")
+    grace = parse_duration_s(services["grpc"].get("stop_grace_period", "10s"))
+
+    assert grace > settings.request_timeout_max_s + server.DRAIN_EXTRA_S
 
 
 def test_flower_asks_for_a_login(resolved_services: dict[str, dict[str, Any]]) -> None:
@@ -1786,7 +1828,7 @@ def test_prometheus_reads_its_config_and_rules_where_compose_mounts_them(
     ]
 
 
-@pytest.mark.parametrize("name", TRIPQ_SERVICES)
+@pytest.mark.parametrize("name", SCALED_SERVICES)
 def test_prometheus_scrapes_every_replica_of_each_tripq_service(
     name: str,
     prometheus_conf: dict[str, Any],
@@ -2100,3 +2142,18 @@ print(json.dumps(served))
     }
 
     assert served == {name: metric for name, metric in METRICS.items() if name != "up"}
+
+
+def test_web_believes_the_forwarded_address_of_nginx_alone(compose: dict[str, Any]) -> None:
+    nginx = compose["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+    (subnet,) = compose["networks"]["default"]["ipam"]["config"]
+
+    assert compose["services"]["web"]["environment"]["FORWARDED_ALLOW_IPS"] == nginx
+    assert ipaddress.ip_address(nginx) in ipaddress.ip_network(subnet["subnet"])
+
+
+def test_jaeger_runs_only_in_the_observability_profile(compose: dict[str, Any]) -> None:
+    tripq = compose["services"]["web"]["environment"]
+
+    assert compose["services"]["jaeger"]["profiles"] == ["observability"]
+    assert tripq["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"

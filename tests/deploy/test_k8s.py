@@ -48,8 +48,9 @@ NAMESPACE = "tripq"
 # The oldest Kubernetes the manifests are written for (docs/operating.md), and the newest one known.
 KUBERNETES_VERSIONS = ("1.29", str(kubernetes_validate.latest_version()))
 
-# The tripq Deployments, each with its container and the Dockerfile of its image.
-DEPLOYMENTS = {"tripq-api": "api", "tripq-worker": "worker"}
+# The tripq Deployments, each with its container, and the Dockerfile of each one's image.
+DEPLOYMENTS = {"tripq-api": "api", "tripq-worker": "worker", "tripq-grpc": "grpc"}
+IMAGES = {"tripq-api": "api", "tripq-worker": "worker", "tripq-grpc": "api"}
 DOCKERFILES = {
     "api": ROOT / "boot" / "api.Dockerfile",
     "worker": ROOT / "boot" / "worker.Dockerfile",
@@ -660,6 +661,45 @@ def test_api_listens_on_all_interfaces_on_the_settings_port(
     assert [p["containerPort"] for p in container["ports"]] == [settings.api_port]
 
 
+def test_grpc_listens_on_all_interfaces_on_the_settings_port(
+    base: list[Manifest], pod_settings: dict[str, Settings]
+) -> None:
+    settings = pod_settings["tripq-grpc"]
+    container = dict(tripq_containers(base))["tripq-grpc"]
+    (port,) = named(base, "Service")["tripq-grpc"]["spec"]["ports"]
+    grpc = named(base, "Deployment")["tripq-grpc"]
+
+    assert container["command"] == ["tripq", "grpc"], "host and port come from the settings"
+    assert "grpc" in tripq_cli_options()
+    assert settings.grpc_host == "0.0.0.0"
+    assert [p["containerPort"] for p in container["ports"]] == [settings.grpc_port]
+    assert container_port(grpc, port["targetPort"]) == settings.grpc_port
+    assert port["port"] == settings.grpc_port, "clients use :50051, as elsewhere"
+
+
+def test_grpc_probes_ask_grpc_health_for_the_overall_status_on_its_port(
+    base: list[Manifest], pod_settings: dict[str, Settings]
+) -> None:
+    # The overall status never waits on Redis, as the API's /health does not.
+    container = dict(tripq_containers(base))["tripq-grpc"]
+    probes = [container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")]
+
+    assert [probe["grpc"] for probe in probes] == [
+        {"port": pod_settings["tripq-grpc"].grpc_port}
+    ] * 3
+
+
+def test_grpc_pods_agree_with_the_api_on_every_setting_but_job_secrets(
+    pod_settings: dict[str, Settings],
+) -> None:
+    # gRPC makes no async jobs, so it needs no WEBHOOK_SECRET.
+    api, grpc = pod_settings["tripq-api"], pod_settings["tripq-grpc"]
+
+    assert [n for n in Settings.model_fields if getattr(api, n) != getattr(grpc, n)] == [
+        "webhook_secret"
+    ]
+
+
 def test_worker_runs_one_process_per_pod_serving_metrics_on_the_settings_port(
     base: list[Manifest], pod_settings: dict[str, Settings]
 ) -> None:
@@ -680,7 +720,7 @@ def test_tripq_images_are_the_ones_the_dockerfiles_build(base: list[Manifest]) -
     images = {name: container["image"] for name, container in tripq_containers(base)}
 
     assert images == {
-        name: f"{dockerfile_build_tag(image)}:{version}" for name, image in DEPLOYMENTS.items()
+        name: f"{dockerfile_build_tag(image)}:{version}" for name, image in IMAGES.items()
     }
 
 
@@ -876,6 +916,20 @@ def test_api_grace_outlasts_the_prestop_pause_and_gunicorn_drain(
     )
 
 
+def test_grpc_grace_outlasts_the_prestop_pause_and_its_drain(
+    base: list[Manifest], pod_settings: dict[str, Settings]
+) -> None:
+    from apps.grpc.server import DRAIN_EXTRA_S
+
+    grpc = named(base, "Deployment")["tripq-grpc"]
+    pre_stop = dict(tripq_containers(base))["tripq-grpc"]["lifecycle"]["preStop"]
+    pause = float(exec_words(pre_stop)[-1])
+    drain = pod_settings["tripq-grpc"].request_timeout_max_s + DRAIN_EXTRA_S
+
+    assert exec_words(pre_stop)[0] == "sleep"
+    assert pod_spec(grpc)["terminationGracePeriodSeconds"] > pause + drain
+
+
 def test_worker_grace_outlasts_the_longest_task(
     base: list[Manifest], pod_settings: dict[str, Settings]
 ) -> None:
@@ -917,7 +971,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(base: list[Manifes
     )
 
 
-@pytest.mark.parametrize(("deployment", "image"), list(DEPLOYMENTS.items()))
+@pytest.mark.parametrize(("deployment", "image"), list(IMAGES.items()))
 def test_tripq_pods_run_as_the_image_user_with_writable_tmp_and_logs(
     deployment: str, image: str, base: list[Manifest]
 ) -> None:
@@ -990,12 +1044,18 @@ def test_autoscalers_target_existing_deployments_one_each(
     assert [name for name in names if "replicas" in deployments[name]["spec"]] == []
 
 
-def test_api_hpa_scales_on_cpu_which_the_api_requests(base: list[Manifest]) -> None:
-    (hpa,) = named(base, "HorizontalPodAutoscaler").values()
-    api = named(base, "Deployment")[hpa["spec"]["scaleTargetRef"]["name"]]
+@pytest.mark.parametrize("deployment", ["tripq-api", "tripq-grpc"])
+def test_hpa_scales_the_api_and_grpc_on_cpu_which_they_request(
+    deployment: str, base: list[Manifest]
+) -> None:
+    (hpa,) = [
+        hpa
+        for hpa in named(base, "HorizontalPodAutoscaler").values()
+        if hpa["spec"]["scaleTargetRef"]["name"] == deployment
+    ]
+    api = named(base, "Deployment")[deployment]
     resources = [m["resource"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"]
 
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "tripq-api"
     assert [r["name"] for r in resources] == ["cpu"]
     assert 0 < resources[0]["target"]["averageUtilization"] <= 100
     assert all(
