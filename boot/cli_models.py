@@ -5,6 +5,7 @@ writing and the wait for the fleet are core.model.rollout's. Here: parsing and p
 """
 
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -174,3 +175,43 @@ def compile_trees(
     except TripqError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
+
+
+class ExportFormat(StrEnum):
+    """The portable formats a model version can be exported to."""
+
+    onnx = "onnx"
+
+
+@models_app.command("export")
+def export(
+    version: Annotated[str, typer.Argument(help="The version to export.")],
+    file_format: Annotated[
+        ExportFormat, typer.Option("--format", help="The file format.")
+    ] = ExportFormat.onnx,
+    output: Annotated[
+        Path, typer.Option("--output", help="Folder to write VERSION.onnx and its card into.")
+    ] = Path("."),
+) -> None:
+    """Write VERSION's whole pipeline, cleaning to trees, as an ONNX file with a JSON card."""
+    from core.model.artifact import load_model
+
+    settings = get_settings()
+    out, err = Console(), Console(stderr=True)
+    try:
+        from core.model.onnx_export import card_path, export_onnx
+    except ImportError as exc:  # onnx is an optional extra
+        reason = f"export needs the onnx extra (pip install 'tripq[onnx]'): {exc}"
+        err.print(f"[red]error:[/red] {escape(reason)}")
+        raise typer.Exit(1) from None
+    try:
+        model = load_model(resolve_model_dir(settings.artifact_dir, version))
+        path, card = export_onnx(model, output.expanduser())
+    except TripqError as exc:
+        err.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    out.print(f"wrote {escape(str(path))} (sha256 {card.sha256})", soft_wrap=True)
+    out.print(f"card: {escape(str(card_path(path)))}", soft_wrap=True)
+    out.print("inputs: " + ", ".join(f"{t.name} {t.type}[{t.shape[0]}]" for t in card.inputs))
+    for step in card.not_expressible:
+        out.print(f"not in the file, left to the caller: {escape(step)}", soft_wrap=True)
