@@ -217,6 +217,16 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "repo" / "cache" / "trees",
         description="Where compiled trees are kept, by artifact sha256; private to its user.",
     )
+    inference_device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="Where a worker evaluates a gbm's large batches: `auto` (a GPU if PyTorch "
+        "sees one, else the CPU), `cpu`, or `cuda` / `cuda:N` (refuses to start without it).",
+    )
+    accelerator_min_batch: PositiveInt = Field(
+        default=1000,
+        description="Fewest trips in one call that go to the GPU; smaller calls stay on the CPU.",
+    )
 
     # --- Logging and the embedded Redis of `tripq up` ---
     log_dir: Path = PROJECT_ROOT / "repo" / "logs"

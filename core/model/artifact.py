@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -49,12 +49,16 @@ from core.model.trees import (
     Evaluator,
     PickupAwareRegressor,
     SklearnEvaluator,
+    check_same,
     probe_rows,
     verify,
 )
 from core.trip.contract import TRIP_COLUMNS
 from core.trip.pickup import wall_clock_seconds
 from core.trip.schemas import TripColumns
+
+if TYPE_CHECKING:  # PyTorch is imported only by a worker that puts a model on a GPU
+    from core.model.accelerator import DeviceGbm
 
 # The fields of a trip the model reads; a card lists them so callers know the model's input.
 # A model that reads the pickup time answers trips without one too (core.model.trees).
@@ -114,6 +118,8 @@ class TripModel:
         self._features: TripFeatures | None = None
         self._regressor: PickupAwareRegressor | None = None
         self._evaluator: Evaluator | None = None
+        self._device: DeviceGbm | None = None  # large calls' path, when on a GPU (use_device)
+        self._device_min_trips = 0
         first, last = (step for _, step in pipeline.steps)
         if card.kind == "baseline":
             self._scorer = LinearScorer(first, last)
@@ -156,6 +162,30 @@ class TripModel:
         verify(compiled, self._evaluator, probe_rows(self._regressor))
         self._evaluator = compiled
 
+    @property
+    def device(self) -> str:
+        """Name the device that answers this model's large calls: `cpu`, or e.g. `cuda:0`."""
+        return "cpu" if self._device is None else str(self._device.device)
+
+    def device_of(self, trips: int) -> str:
+        """Name the device that answers a call of `trips` trips."""
+        if self._device is None or trips < self._device_min_trips:
+            return "cpu"
+        return self.device
+
+    def use_device(self, device: str, min_trips: int) -> None:
+        """Answer calls of `min_trips` trips or more on a PyTorch device (core.model.accelerator),
+        once it gives the CPU path's answers to 1e-6 on the probe trips."""
+        if self._features is None or self._regressor is None or self._evaluator is None:
+            raise ModelError(f"model {self.version} is no gbm: it stays on the CPU")
+        from core.model.accelerator import DeviceGbm, probe_columns
+
+        on_device = DeviceGbm(self._features, self._regressor, device)
+        probe = probe_columns(self._features, self._regressor)
+        reference = self._evaluator.predict(self._features.transform_columns(*probe))
+        check_same(on_device.predict(*probe), reference, f"the answers on {device}")
+        self._device, self._device_min_trips = on_device, min_trips
+
     def predict(self, trips: TripColumns) -> list[float]:
         """Predict the duration in minutes of trips given as columns, as a worker receives them."""
         return self.predict_columns(
@@ -193,6 +223,12 @@ class TripModel:
         if self._scorer is not None:
             return self._scorer.predict(pu, do, distance)
         assert self._evaluator is not None
+        if self._device is not None and self.device_of(len(pu)) != "cpu":
+            seconds = None if pickup is None else _floats(pickup)
+            answers: list[float] = self._device.predict(
+                _floats(pu), _floats(do), _floats(distance), seconds
+            ).tolist()
+            return answers
         features = self.feature_matrix(pu, do, distance, pickup)
         predicted: list[float] = self._evaluator.predict(features).tolist()
         return predicted

@@ -17,6 +17,7 @@ from loguru import logger
 
 from core.errors import ModelError, TripqError
 from core.model.artifact import TripModel, load_model
+from core.model.device import DevicePlan, resolve_device
 from core.model.registry import resolve_model_dir
 from core.model.trees import TreeBuild, compile_in_child
 from core.online.routing import Routing
@@ -55,11 +56,15 @@ class ModelShelf:
         default_version: str | None,
         offload: Offload = run_here,
         trees: TreeBuild | None = None,
+        devices: DevicePlan | None = None,
     ) -> None:
         self._artifact_dir = artifact_dir
         self._default_version = default_version  # None: the version named in CURRENT
         self._offload = offload
         self._trees = trees  # None: gbm trees run on scikit-learn's evaluator
+        self._devices = devices  # None: every call on the CPU
+        self._device: str | None = None  # the plan's device, once resolved (None: the CPU)
+        self._device_resolved = False
         self._models: dict[str, TripModel] = {}
         self._current: str | None = None
         self._failed: dict[str, float] = {}  # version -> when it last failed to load
@@ -92,6 +97,7 @@ class ModelShelf:
                 path = resolve_model_dir(self._artifact_dir, name)
                 model = self._offload(load_model, path)
                 self._compile(model, path)
+                self._place(model)
                 self._models = {**self._models, name: model}
             if self._current is None and version is None:
                 self._current = name
@@ -101,6 +107,36 @@ class ModelShelf:
     def evaluators(self) -> dict[str, str]:
         """Name, per version held, what computes its answers (`TripModel.evaluator`)."""
         return {version: model.evaluator for version, model in sorted(self._models.items())}
+
+    @property
+    def devices(self) -> dict[str, str]:
+        """Name, per version held, the device of its large calls (`TripModel.device`)."""
+        return {version: model.device for version, model in sorted(self._models.items())}
+
+    def _place(self, model: TripModel) -> None:
+        """Send a gbm's large calls to the planned GPU. One that cannot go there stays on the
+        CPU, unless the plan requires the GPU (INFERENCE_DEVICE=cuda): then it does not load."""
+        plan = self._devices
+        if model.regressor is None or plan is None:
+            return
+        try:
+            if not self._device_resolved:  # importing PyTorch takes seconds: off the hub
+                self._device = self._offload(resolve_device, plan.setting)
+                self._device_resolved = True
+            if self._device is None:
+                return
+            self._offload(model.use_device, self._device, plan.min_trips)
+        except ModelError as exc:
+            if plan.required:
+                raise
+            logger.warning("serving on the CPU", model_version=model.version, reason=exc.message)
+            return
+        logger.info(
+            "large calls on the GPU",
+            model_version=model.version,
+            device=self._device,
+            min_trips=plan.min_trips,
+        )
 
     def _compile(self, model: TripModel, path: Path) -> None:
         """Move a gbm onto compiled trees; one that cannot be compiled stays on scikit-learn's.

@@ -336,12 +336,14 @@ def probe_rows(regressor: PickupAwareRegressor) -> Floats:
 
 def verify(evaluator: Evaluator, reference: Evaluator, rows: Floats) -> None:
     """Refuse an evaluator whose answers on `rows` differ from the reference's by > 1e-6."""
-    ours, theirs = evaluator.predict(rows), reference.predict(rows)
-    difference = float(np.max(np.abs(ours - theirs))) if len(rows) else 0.0
-    if not difference <= MAX_DIFFERENCE:
-        raise ModelError(
-            f"the compiled trees differ from scikit-learn's by {difference:.3g} minutes"
-        )
+    check_same(evaluator.predict(rows), reference.predict(rows), "the compiled trees")
+
+
+def check_same(ours: Floats, reference: Floats, what: str) -> None:
+    """Refuse answers (`what` gave them) that differ from the reference answers by > 1e-6."""
+    difference = float(np.max(np.abs(ours - reference))) if len(reference) else 0.0
+    if not difference <= MAX_DIFFERENCE:  # NaN too
+        raise ModelError(f"{what} differ from scikit-learn's by {difference:.3g} minutes")
 
 
 def _main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 
     tripq:workers            sorted set: worker name -> time of its last heartbeat (epoch seconds)
     tripq:workers:info       hash: worker name -> JSON {model_version, model_versions, evaluators,
-                                                          concurrency}
+                                                          devices, concurrency}
 
 A worker is live while its last heartbeat is younger than the configured TTL; stale entries are
 pruned by readers, so a SIGKILLed worker disappears without anyone cleaning up after it.
@@ -33,14 +33,18 @@ WORKERS_INFO_KEY = "tripq:workers:info"
 
 
 def encode_worker_info(
-    model_version: str | None, evaluators: dict[str, str], concurrency: int
+    model_version: str | None,
+    evaluators: dict[str, str],
+    concurrency: int,
+    devices: dict[str, str] | None = None,
 ) -> str:
-    """Encode what a worker's heartbeat says about it: its versions and what runs each."""
+    """Encode what a worker's heartbeat says about it: its versions, what runs each, and where."""
     return json.dumps(
         {
             "model_version": model_version,
             "model_versions": sorted(evaluators),
             "evaluators": evaluators,
+            "devices": devices or {},
             "concurrency": concurrency,
         }
     )
@@ -64,6 +68,7 @@ def live_workers(
                 model_version=details.get("model_version"),
                 model_versions=details.get("model_versions", []),
                 evaluators=details.get("evaluators", {}),
+                devices=details.get("devices", {}),
                 concurrency=details.get("concurrency", 0),
                 seen_s_ago=round(max(0.0, now - last_seen), 3),
             )

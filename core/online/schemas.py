@@ -55,6 +55,11 @@ class WorkerInfo(BaseModel):
         description="What computes each version's answers: `compiled` trees, `scikit-learn` "
         "trees (a worker that could not compile them), or `linear` (a baseline).",
     )
+    devices: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where each version's large calls run: `cpu`, or the GPU (e.g. `cuda:0`) "
+        "that answers calls of ACCELERATOR_MIN_BATCH trips or more.",
+    )
     concurrency: int
     seen_s_ago: float
 
@@ -76,6 +81,7 @@ class ReadyReply(BaseModel):
                             "model_version": "gbm-2021-01-t",
                             "model_versions": ["gbm-2021-01-t"],
                             "evaluators": {"gbm-2021-01-t": "compiled"},
+                            "devices": {"gbm-2021-01-t": "cuda:0"},
                             "concurrency": 32,
                             "seen_s_ago": 0.8,
                         }

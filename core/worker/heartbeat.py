@@ -37,11 +37,14 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Write the heartbeat once, and the model-info metric with it."""
-        evaluators = self._shelf.evaluators
-        info = fleet.encode_worker_info(self._shelf.loaded_version, evaluators, self._concurrency)
+        evaluators, devices = self._shelf.evaluators, self._shelf.devices
+        info = fleet.encode_worker_info(
+            self._shelf.loaded_version, evaluators, self._concurrency, devices
+        )
         worker_metrics.WORKER_MODEL_INFO.clear()
         for version, evaluator in evaluators.items():
-            worker_metrics.WORKER_MODEL_INFO.labels(version, evaluator).set(1)
+            device = devices.get(version, "cpu")
+            worker_metrics.WORKER_MODEL_INFO.labels(version, evaluator, device).set(1)
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.zadd(fleet.WORKERS_KEY, {self._name: time.time()})

@@ -1,9 +1,9 @@
 """Prometheus metrics of a worker process, served on WORKER_METRICS_PORT + its index - 1.
 
-tripq_worker_tasks_total{task,outcome}    success, failure, expired, revoked
-tripq_worker_inference_seconds            time in the model, per task
-tripq_worker_batch_size                   trips per task
-tripq_worker_model_info{version,evaluator}  1 for each version held, with what runs it
+tripq_worker_tasks_total{task,outcome}              success, failure, expired, revoked
+tripq_worker_inference_seconds                      time in the model, per task
+tripq_worker_batch_size                             trips per task
+tripq_worker_model_info{version,evaluator,device}   1 for each version held: what runs it, where
 """
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -23,6 +23,7 @@ WORKER_BATCH_SIZE = Histogram(
 )
 WORKER_MODEL_INFO = Gauge(
     "tripq_worker_model_info",
-    "1 for each model version this worker holds, with what computes its answers.",
-    ["version", "evaluator"],
+    "1 for each model version this worker holds, with what computes its answers and where its "
+    "large calls run.",
+    ["version", "evaluator", "device"],
 )

@@ -17,6 +17,7 @@ from core.infra.redis_clients import sync_client
 from core.jobs.delivery import Lookup, WebhookDelivery, system_lookup
 from core.jobs.execution import JobExecution
 from core.jobs.store import JobRunner
+from core.model.device import DevicePlan
 from core.model.shelf import ModelShelf, Offload
 from core.model.trees import TreeBuild
 
@@ -39,6 +40,7 @@ def build_shelf(offload: Offload) -> ModelShelf:
         settings.serving_version,
         offload=offload,
         trees=TreeBuild(settings.tree_compiler, settings.tree_cache_dir),
+        devices=DevicePlan(settings.inference_device, settings.accelerator_min_batch),
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import PROJECT_ROOT
+from core.model.device import resolve_device
 from core.model.registry import read_current
 from tests.support import (
     Service,
@@ -120,7 +121,8 @@ def test_a_worker_serves_its_own_metrics(platform: Platform, traffic: Page) -> N
     task = "tasks.trip.tasks.predict_batch"
     assert value(page, "tripq_worker_tasks_total", task=task, outcome="success") >= 1
     assert value(page, "tripq_worker_batch_size_sum") >= ANSWERED
-    info = {"version": DEFAULT_VERSION, "evaluator": "compiled"}
+    device = resolve_device("auto") or "cpu"  # INFERENCE_DEVICE=auto: a GPU where there is one
+    info = {"version": DEFAULT_VERSION, "evaluator": "compiled", "device": device}
     assert value(page, "tripq_worker_model_info", **info) == 1
     assert not any(name.startswith("tripq_requests") for name, _ in page)
 

@@ -1,7 +1,9 @@
-"""Each worker names what computes its answers: /ready, `tripq workers` and its metrics.
+"""Each worker names what computes its answers, and where: /ready, `tripq workers`, metrics.
 
 Two real workers share one Redis: one builds (or finds) the compiled trees, the other is given a
 compiler that does not exist and a cache of its own, so it must serve on scikit-learn's trees.
+The first places its gbm as INFERENCE_DEVICE=auto does (a GPU where there is one), the second is
+told `cpu`.
 """
 
 import subprocess
@@ -14,6 +16,7 @@ import httpx
 import pytest
 
 from config import PROJECT_ROOT
+from core.model.device import resolve_device
 from core.model.registry import read_current
 from tests.support import free_port, start_api, start_workers, tripq_env
 
@@ -33,6 +36,7 @@ def fleet(
         log_dir,
         tree_compiler="/nonexistent/cc",
         tree_cache_dir=tmp_path_factory.mktemp("trees"),
+        inference_device="cpu",
         worker_metrics_port=metrics_port - 1,  # worker index 2 serves on port + 1
     )
     workers = start_workers(env, log_dir, [1]) + start_workers(without, log_dir, [2])
@@ -55,6 +59,14 @@ def test_ready_names_each_workers_evaluator(fleet: dict[str, Any]) -> None:
     }
 
 
+def test_ready_names_each_workers_device(fleet: dict[str, Any]) -> None:
+    ready = httpx.get(f"{fleet['base']}/ready", timeout=5).json()
+
+    devices = {w["name"].split("@")[0]: w["devices"] for w in ready["workers"]}
+    auto = resolve_device("auto") or "cpu"  # this machine: a GPU if it has one
+    assert devices == {"trip1": {DEFAULT_VERSION: auto}, "trip2": {DEFAULT_VERSION: "cpu"}}
+
+
 def test_both_workers_answer_alike(fleet: dict[str, Any]) -> None:
     answers = {
         httpx.post(f"{fleet['base']}/v1/trip/predict", json=TRIP, timeout=10).json()["duration"]
@@ -65,7 +77,7 @@ def test_both_workers_answer_alike(fleet: dict[str, Any]) -> None:
     assert max(answers) - min(answers) <= 1e-6
 
 
-def test_tripq_workers_shows_the_evaluator_column(fleet: dict[str, Any]) -> None:
+def test_tripq_workers_shows_the_evaluator_and_device_columns(fleet: dict[str, Any]) -> None:
     listed = subprocess.run(
         [str(Path(sys.executable).parent / "tripq"), "workers"],
         env={**fleet["env"], "COLUMNS": "200"},
@@ -76,16 +88,19 @@ def test_tripq_workers_shows_the_evaluator_column(fleet: dict[str, Any]) -> None
     ).stdout
 
     assert "evaluator" in listed
+    assert "device" in listed
     [first] = [line for line in listed.splitlines() if "trip1@" in line]
     [second] = [line for line in listed.splitlines() if "trip2@" in line]
     assert "compiled" in first
     assert "scikit-learn" in second
+    assert "cpu" in second
 
 
 def test_the_worker_without_a_compiler_says_so_in_its_metrics(fleet: dict[str, Any]) -> None:
     page = httpx.get(fleet["metrics"], timeout=5).text
 
     expected = (
-        f'tripq_worker_model_info{{evaluator="scikit-learn",version="{DEFAULT_VERSION}"}} 1.0'
+        "tripq_worker_model_info"
+        f'{{device="cpu",evaluator="scikit-learn",version="{DEFAULT_VERSION}"}} 1.0'
     )
     assert expected in page
