@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # The worker process: one Celery worker with a gevent pool, `tripq worker`, on queue tasks.trip.
-# CPU is enough; compose may give it an NVIDIA GPU (the runtime injects the driver, tripq needs none).
-# Build from the repo root: docker build -f boot/worker.Dockerfile -t tripq-worker .
+# Two variants from one file, chosen by the build argument EXTRAS:
+#   docker build -f boot/worker.Dockerfile -t tripq-worker .                            # CPU
+#   docker build --build-arg EXTRAS=gpu -f boot/worker.Dockerfile -t tripq-worker:gpu .  # GPU
+# The GPU variant adds PyTorch with its CUDA libraries (several GB more) for the worker's GPU path
+# (INFERENCE_DEVICE); the container runtime injects NVIDIA's driver. Build from the repo root.
 FROM python:3.11-slim-bookworm
 
 # ARTIFACT_DIR and LOG_DIR are set because `pip install .` puts config.py in site-packages,
@@ -31,6 +34,18 @@ RUN apt-get update \
     && apt-get install --yes --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 ENV TREE_CACHE_DIR=/app/repo/cache/trees
+
+# EXTRAS: optional-dependencies of pyproject.toml to add, comma-separated; `gpu` makes the GPU
+# variant (torch, whose Linux wheels on PyPI bring the CUDA runtime as pip packages).
+# A layer of its own after the shared ones, so both variants reuse those and the CPU image
+# (EXTRAS empty, the default) carries none of it. The project's dependencies are named again so
+# that pip keeps them satisfied while it adds the extras; an unknown extra fails the build.
+ARG EXTRAS=""
+RUN if [ -n "$EXTRAS" ]; then \
+        python -c "import os, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = os.environ['EXTRAS'].replace(',', ' ').split(); print('\n'.join(project['dependencies'] + [r for e in extras for r in project['optional-dependencies'][e]]))" > /tmp/requirements.txt \
+        && pip install --no-cache-dir -r /tmp/requirements.txt \
+        && rm /tmp/requirements.txt; \
+    fi
 
 # README.md is read by the build backend (pyproject's `readme`), so it is part of the code layer.
 COPY README.md config.py ./

@@ -2,7 +2,8 @@
 
 They hold boot/*.Dockerfile, docker-compose*.yml and .dockerignore to the Compose
 Specification and hadolint, and keep them in step with the code they package: the options of
-the `tripq` CLI, the fields of `config.Settings`, the API port and the request deadline.
+the `tripq` CLI, the fields of `config.Settings`, the API port, the request deadline, and the
+extras of pyproject.toml that the worker image's GPU variant installs.
 
 The compose stack's other files, in boot/compose/, are held to the same: nginx.conf (the load
 balancer in front of the `web` replicas), prometheus.yml and alerts.yml (scraping and alerting),
@@ -23,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +44,17 @@ from core.infra.embedded_redis import redis_server_binary
 from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = ROOT / "pyproject.toml"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
 DOCKERFILES = {
     "api": ROOT / "boot" / "api.Dockerfile",
     "worker": ROOT / "boot" / "worker.Dockerfile",
 }
+# The optional-dependencies that make the worker image's GPU variant (`--build-arg EXTRAS=gpu`),
+# and the package of the GPU path (core.model.accelerator) that it must bring.
+GPU_EXTRA = "gpu"
+GPU_PACKAGE = "torch"
 # Which image each compose service runs, to check a service against its own Dockerfile.
 SERVICE_IMAGES = {"web": "api", "worker": "worker", "grpc": "api"}
 TRIPQ_SERVICES = tuple(SERVICE_IMAGES)
@@ -156,7 +163,7 @@ METRICS: dict[str, Metric] = {
     "tripq_worker_tasks_total": Metric("counter", _labels("task", "outcome")),
     "tripq_worker_inference_seconds": Metric("histogram"),
     "tripq_worker_batch_size": Metric("histogram"),
-    "tripq_worker_model_info": Metric("gauge", _labels("version", "evaluator")),
+    "tripq_worker_model_info": Metric("gauge", _labels("version", "evaluator", "device")),
     "up": Metric("gauge"),
 }
 # Labels Prometheus puts on every series it scrapes.
@@ -610,6 +617,31 @@ def copy_sources(arguments: str) -> list[str]:
     return [word for word in words if not word.startswith("--")][:-1]
 
 
+def build_arg(arguments: str) -> tuple[str, str]:
+    """Return the name and default of an ARG instruction (`NAME`, `NAME=value`, `NAME=""`)."""
+    name, _, default = arguments.partition("=")
+    return name, shlex.split(default)[0] if default.strip() else ""
+
+
+def build_args(instructions: list[Instruction]) -> dict[str, str]:
+    """Return the ARGs a Dockerfile declares after FROM, each with its default."""
+    return dict(build_arg(i.arguments) for i in instructions if i.keyword == "ARG")
+
+
+def project_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """Return pyproject.toml's dependencies and its optional-dependencies."""
+    with PYPROJECT.open("rb") as file:
+        project = tomllib.load(file)["project"]
+    return list(project["dependencies"]), dict(project.get("optional-dependencies", {}))
+
+
+def requirement_name(requirement: str) -> str:
+    """Return the package a requirement line names (`torch>=2.4,<3  # why` -> `torch`)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert match, f"not a requirement: {requirement!r}"
+    return match[1].lower()
+
+
 # --- Commands: which `tripq` subcommands and options the images and compose run ---
 
 
@@ -740,6 +772,12 @@ def compose() -> dict[str, Any]:
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Return the base compose file's services by name."""
     return dict(compose["services"])
+
+
+@pytest.fixture(scope="module")
+def cpu_services() -> dict[str, dict[str, Any]]:
+    """Return the services with docker-compose.cpu.yml over the base, as Compose merges them."""
+    return dict(merge_compose(load_compose(COMPOSE), load_compose(COMPOSE_CPU))["services"])
 
 
 @pytest.fixture(scope="module")
@@ -887,16 +925,70 @@ def test_base_compose_reserves_one_nvidia_gpu_for_the_worker(
     assert devices[0]["count"] == 1
 
 
-def test_cpu_override_removes_only_the_worker_gpu_reservation(compose: dict[str, Any]) -> None:
+def test_cpu_override_changes_only_the_workers_gpu_reservation_image_and_device(
+    compose: dict[str, Any],
+) -> None:
     merged = merge_compose(load_compose(COMPOSE), load_compose(COMPOSE_CPU))
     expected = copy.deepcopy(compose)
-    del expected["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    worker = expected["services"]["worker"]
+    del worker["deploy"]["resources"]["reservations"]["devices"]
+    worker["build"]["args"]["EXTRAS"] = ""
+    worker["environment"] = {**worker["environment"], "INFERENCE_DEVICE": "cpu"}
 
-    worker = merged["services"]["worker"]
-    assert gpu_devices(worker) == []
-    assert "gpus" not in worker
-    assert worker.get("runtime") != "nvidia"
+    assert gpu_devices(merged["services"]["worker"]) == []
+    assert "gpus" not in merged["services"]["worker"]
+    assert merged["services"]["worker"].get("runtime") != "nvidia"
     assert merged == expected
+
+
+def test_gpu_worker_builds_the_gpu_image_and_picks_its_device_itself(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Where compose reserves a GPU it runs the image that can use one (PyTorch); INFERENCE_DEVICE
+    # keeps its default, auto, so `.env` may still ask for `cuda`.
+    worker = services["worker"]
+    _, extras = project_requirements()
+
+    assert gpu_devices(worker) != []
+    assert worker["build"]["args"] == {"EXTRAS": GPU_EXTRA}
+    assert GPU_PACKAGE in {requirement_name(r) for r in extras[GPU_EXTRA]}
+    assert "INFERENCE_DEVICE" not in environment_names(worker)
+    assert Settings.model_fields["inference_device"].default == "auto"
+
+
+def test_cpu_override_builds_the_cpu_image_and_runs_on_the_cpu(
+    cpu_services: dict[str, dict[str, Any]],
+) -> None:
+    worker = cpu_services["worker"]
+
+    assert gpu_devices(worker) == []
+    assert worker["build"]["args"] == {"EXTRAS": ""}
+    assert worker["environment"]["INFERENCE_DEVICE"] == "cpu"
+    assert Settings(inference_device="cpu").inference_device == "cpu", "a value Settings takes"
+
+
+@pytest.mark.parametrize("stack", ["gpu", "cpu"])
+def test_compose_build_args_are_the_dockerfiles_args_and_name_existing_extras(
+    stack: str,
+    services: dict[str, dict[str, Any]],
+    cpu_services: dict[str, dict[str, Any]],
+    dockerfiles: dict[str, list[Instruction]],
+) -> None:
+    # Docker ignores a build argument that no ARG declares (a warning in a long log), and
+    # `docker compose build` would otherwise find a misspelt extra only minutes into the build.
+    _, extras = project_requirements()
+    strays = []
+    for name, service in (services if stack == "gpu" else cpu_services).items():
+        args = (service.get("build") or {}).get("args") or {}
+        declared = build_args(dockerfiles[SERVICE_IMAGES[name]]) if name in SERVICE_IMAGES else {}
+        strays += [f"{name}: {arg}" for arg in args if arg not in declared]
+        strays += [
+            f"{name}: extra {extra}"
+            for extra in str(args.get("EXTRAS", "")).replace(",", " ").split()
+            if extra not in extras
+        ]
+
+    assert strays == []
 
 
 def test_empty_device_list_without_reset_would_keep_the_gpu() -> None:
@@ -1153,6 +1245,106 @@ def test_images_share_one_dependency_layer(dockerfiles: dict[str, list[Instructi
     assert up_to_dependencies(dockerfiles["api"]) == up_to_dependencies(dockerfiles["worker"])
 
 
+def run_dependency_installs(
+    instructions: list[Instruction], args: dict[str, str], stand_ins: Path, tmp_path: Path
+) -> tuple[int, list[list[str]]]:
+    """Run a Dockerfile's dependency installs as `docker build --build-arg` would.
+
+    Its RUNs that call `pip install`, but for the code's (`--no-deps`), run in order with the
+    ARGs declared before each in their environment, in a folder holding pyproject.toml (the
+    only file copied before them), until one fails; pip is a stand-in that records what it is
+    asked to install. Return the last exit status and the requirements of each pip call.
+    """
+    workdir, image_tmp = tmp_path / "app", tmp_path / "tmp"
+    workdir.mkdir()
+    image_tmp.mkdir()
+    shutil.copy(PYPROJECT, workdir / "pyproject.toml")
+    log = tmp_path / "pip.log"
+    log.touch()
+    stand_in(stand_ins, "python", f'exec "{sys.executable}" "$@"')
+    stand_in(
+        stand_ins,
+        "pip",
+        'echo "--- pip" >> "$PIP_LOG"\n'
+        'while [ "$#" -gt 0 ]; do [ "$1" != -r ] || cat "$2" >> "$PIP_LOG"; shift; done',
+    )
+    environment = {"PATH": f"{stand_ins}{os.pathsep}{os.environ['PATH']}", "PIP_LOG": str(log)}
+    returncode = 0
+    for instruction in instructions:
+        if instruction.keyword == "ARG":
+            name, default = build_arg(instruction.arguments)
+            environment[name] = args.get(name, default)
+        elif instruction.keyword == "RUN" and "pip install" in instruction.arguments:
+            if "--no-deps" in instruction.arguments:
+                break
+            # The image's /tmp, here a folder of this test's own.
+            script = instruction.arguments.replace("/tmp/", f"{image_tmp}/")
+            returncode = subprocess.run(
+                ["/bin/sh", "-c", script],
+                cwd=workdir,
+                env=environment,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            ).returncode
+            if returncode != 0:
+                break
+    calls = log.read_text(encoding="utf-8").split("--- pip\n")[1:]
+    return returncode, [call.splitlines() for call in calls]
+
+
+@pytest.mark.parametrize(
+    ("image", "args", "extras"),
+    [
+        ("api", {}, []),
+        ("worker", {}, []),
+        ("worker", {"EXTRAS": ""}, []),
+        ("worker", {"EXTRAS": GPU_EXTRA}, [GPU_EXTRA]),
+        ("worker", {"EXTRAS": f"{GPU_EXTRA},onnx"}, [GPU_EXTRA, "onnx"]),
+    ],
+    ids=["api", "worker-cpu", "worker-empty-extras", "worker-gpu", "worker-two-extras"],
+)
+def test_images_install_the_project_dependencies_and_the_extras_named(
+    image: str,
+    args: dict[str, str],
+    extras: list[str],
+    dockerfiles: dict[str, list[Instruction]],
+    stand_ins: Path,
+    tmp_path: Path,
+) -> None:
+    # Without EXTRAS the worker image is the CPU one: the shared layer, no second install. With
+    # it, one more layer installs the extras with the project's dependencies, which pip keeps.
+    dependencies, optional = project_requirements()
+    expected = [dependencies]
+    if extras:
+        expected.append(dependencies + [r for extra in extras for r in optional[extra]])
+
+    returncode, installs = run_dependency_installs(dockerfiles[image], args, stand_ins, tmp_path)
+
+    assert returncode == 0
+    assert installs == expected
+
+
+def test_gpu_variant_brings_torch_and_an_unknown_extra_fails_the_build(
+    dockerfiles: dict[str, list[Instruction]], stand_ins: Path, tmp_path: Path
+) -> None:
+    worker = dockerfiles["worker"]
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "typo").mkdir()
+
+    _, installs = run_dependency_installs(
+        worker, {"EXTRAS": GPU_EXTRA}, stand_ins, tmp_path / "gpu"
+    )
+    returncode, typo_installs = run_dependency_installs(
+        worker, {"EXTRAS": "gpus"}, stand_ins, tmp_path / "typo"
+    )
+
+    assert GPU_PACKAGE in {requirement_name(r) for r in installs[-1]}
+    assert build_args(worker) == {"EXTRAS": ""}, "the default build is the CPU image"
+    assert returncode != 0
+    assert len(typo_installs) == 1, "nothing installed after the shared layer"
+
+
 @pytest.mark.parametrize("image", list(DOCKERFILES))
 def test_copied_paths_exist_and_are_in_the_build_context(
     image: str, dockerfiles: dict[str, list[Instruction]]
@@ -1236,14 +1428,17 @@ def test_tripq_commands_use_options_the_cli_provides(
     assert unknown == []
 
 
+@pytest.mark.parametrize("stack", ["gpu", "cpu"])
 def test_environment_variables_are_settings_fields(
+    stack: str,
     services: dict[str, dict[str, Any]],
+    cpu_services: dict[str, dict[str, Any]],
     dockerfiles: dict[str, list[Instruction]],
     settings_names: set[str],
 ) -> None:
     # Settings ignores unknown names, so a misspelt variable would silently do nothing.
     strays = []
-    for name, service in services.items():
+    for name, service in (services if stack == "gpu" else cpu_services).items():
         allowed = settings_names if name in TRIPQ_SERVICES else IMAGE_VARIABLES.get(name, set())
         strays += [
             f"compose {name}: {var}" for var in environment_names(service) if var not in allowed

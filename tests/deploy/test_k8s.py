@@ -3,9 +3,9 @@
 They hold every object to the Kubernetes OpenAPI schemas that kubernetes-validate ships (strict:
 an unknown field is an error, as under kubectl's strict field validation), the KEDA objects and
 the kustomizations to the focused schemas in boot/k8s/schemas, render the overlays as kustomize
-does, and keep the manifests in step with what they run: the fields, queues, ports and deadlines
-of `config.Settings`, the `tripq` CLI, the routes the probes call, and the Dockerfiles' images
-and users.
+does (and, where kubectl is installed, as kubectl's own kustomize does), and keep the manifests in
+step with what they run: the fields, queues, ports and deadlines of `config.Settings`, the `tripq`
+CLI, the routes the probes call, and the Dockerfiles' images, variants and users.
 """
 
 import copy
@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,8 +135,49 @@ def patch_targets(target: dict[str, str], document: Manifest) -> bool:
     return all(actual.get(key) == value for key, value in target.items())
 
 
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """Split an image reference into its name, tag and digest (`name[:tag][@digest]`)."""
+    reference, _, digest = image.partition("@")
+    name, colon, tag = reference.rpartition(":")
+    if not colon or "/" in tag:  # no tag: that colon was a registry's port
+        return reference, None, digest or None
+    return name, tag, digest or None
+
+
+def set_images(documents: list[Manifest], images: list[dict[str, str]]) -> None:
+    """Apply a kustomization's `images:` in place: each container image whose name an entry
+    names gets that entry's newName, and its newTag or digest (a digest wins over a tag)."""
+
+    def containers(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in {"containers", "initContainers"} and isinstance(value, list):
+                    yield from value
+                else:
+                    yield from containers(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from containers(item)
+
+    for container in containers(documents):
+        name, tag, digest = split_image(container["image"])
+        for entry in images:
+            if entry["name"] != name:
+                continue
+            new_name = entry.get("newName", name)
+            if entry.get("digest"):
+                container["image"] = f"{new_name}@{entry['digest']}"
+            elif entry.get("newTag"):
+                container["image"] = f"{new_name}:{entry['newTag']}"
+            else:
+                kept = (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+                container["image"] = new_name + kept
+            break
+
+
 def render(directory: Path) -> list[Manifest]:
-    """Build a kustomization: its resources (files or other kustomizations), patches applied."""
+    """Build a kustomization: its resources (files or other kustomizations), then its patches
+    and its images applied, in kustomize's order."""
     kustomization = load_kustomization(directory)
     documents: list[Manifest] = []
     for resource in kustomization.get("resources", []):
@@ -146,6 +189,7 @@ def render(directory: Path) -> list[Manifest]:
         targets = [d for d in documents if patch_targets(patch["target"], d)]
         assert len(targets) == 1, f"{patch['path']} should select one object: {patch['target']}"
         apply_json_patch(targets[0], operations)
+    set_images(documents, kustomization.get("images", []))
     return documents
 
 
@@ -547,11 +591,13 @@ def test_namespaced_objects_live_in_the_tripq_namespace(base: list[Manifest]) ->
 # --- In step with the code: Settings, the CLI, the routes, the images ---
 
 
-def test_tripq_container_variables_are_settings_fields(base: list[Manifest]) -> None:
+@pytest.mark.parametrize("directory", [BASE, *OVERLAYS.values()], ids=lambda p: p.name)
+def test_tripq_container_variables_are_settings_fields(directory: Path) -> None:
     # Settings ignores unknown names, so a misspelt variable would silently do nothing.
-    configmaps = named(base, "ConfigMap")
+    documents = render(directory)
+    configmaps = named(documents, "ConfigMap")
     strays = []
-    for deployment, container in tripq_containers(base):
+    for deployment, container in tripq_containers(documents):
         names = {variable["name"] for variable in container.get("env", [])}
         for source in container.get("envFrom", []):
             assert set(source) == {"configMapRef"}, "envFrom of a Secret would hide its names"
@@ -1171,6 +1217,97 @@ def test_gpu_overlay_gives_each_worker_one_nvidia_gpu_and_nothing_else(
     assert [
         d for d in rendered if d["metadata"]["name"] != "tripq-worker" or d["kind"] != "Deployment"
     ] == [d for d in base if d["metadata"]["name"] != "tripq-worker" or d["kind"] != "Deployment"]
+
+
+def test_gpu_overlay_runs_the_gpu_image_and_requires_a_gpu(
+    base: list[Manifest], overlays: dict[str, list[Manifest]], secret: Manifest
+) -> None:
+    # The GPU variant of the worker image (EXTRAS=gpu: PyTorch), tagged as the base's with
+    # `-gpu`; and `cuda`, so that a worker without a GPU stays unready rather than serve on CPU.
+    rendered = overlays["gpu"]
+    worker = dict(tripq_containers(rendered))["tripq-worker"]
+    cpu_worker = dict(tripq_containers(base))["tripq-worker"]
+    settings = settings_in_pod(container_environment(worker, rendered, secret))
+    cpu_settings = settings_in_pod(container_environment(cpu_worker, base, secret))
+
+    assert worker["image"] == f"{dockerfile_build_tag('worker')}:{project_version()}-gpu"
+    assert {v["name"]: v.get("value") for v in worker["env"]}["INFERENCE_DEVICE"] == "cuda"
+    assert settings.inference_device == "cuda"
+    assert cpu_worker["image"] == f"{dockerfile_build_tag('worker')}:{project_version()}"
+    assert cpu_settings.inference_device == "auto", "the CPU image on a CPU node: auto is the CPU"
+
+
+def test_gpu_overlay_says_how_to_build_the_image_it_runs(
+    overlays: dict[str, list[Manifest]],
+) -> None:
+    worker = dict(tripq_containers(overlays["gpu"]))["tripq-worker"]
+    text = (OVERLAYS["gpu"] / "kustomization.yaml").read_text(encoding="utf-8")
+    (build,) = [line.lstrip("# ") for line in text.splitlines() if "docker build" in line]
+    words = shlex.split(build)
+
+    assert words[words.index("--build-arg") + 1] == "EXTRAS=gpu"
+    assert ROOT / words[words.index("-f") + 1] == DOCKERFILES["worker"]
+    assert words[words.index("-t") + 1] == worker["image"]
+
+
+@pytest.mark.parametrize(
+    ("image", "entry", "expected"),
+    [
+        (
+            "tripq-worker:0.1.0",
+            {"name": "tripq-worker", "newTag": "0.1.0-gpu"},
+            "tripq-worker:0.1.0-gpu",
+        ),
+        (
+            "tripq-worker:0.1.0",
+            {"name": "tripq-worker", "newName": "r.io:5000/w"},
+            "r.io:5000/w:0.1.0",
+        ),
+        (
+            "r.io:5000/tripq-worker",
+            {"name": "r.io:5000/tripq-worker", "newTag": "2"},
+            "r.io:5000/tripq-worker:2",
+        ),
+        (
+            "tripq-worker:0.1.0",
+            {"name": "tripq-worker", "digest": "sha256:ab"},
+            "tripq-worker@sha256:ab",
+        ),
+        ("tripq-api:0.1.0", {"name": "tripq-worker", "newTag": "0.1.0-gpu"}, "tripq-api:0.1.0"),
+    ],
+    ids=["new-tag", "new-name", "registry-port", "digest", "other-image"],
+)
+def test_images_entries_rewrite_the_images_they_name(
+    image: str, entry: dict[str, str], expected: str
+) -> None:
+    pod = {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}}
+
+    set_images([pod], [entry])
+
+    assert pod["spec"]["template"]["spec"]["containers"][0]["image"] == expected
+
+
+@pytest.mark.parametrize("directory", kustomization_dirs(), ids=lambda p: p.name)
+def test_render_builds_what_kubectls_kustomize_builds(directory: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl: the rendering is checked against kustomize where it is installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    def identity(document: Manifest) -> tuple[str, str, str]:
+        metadata = document["metadata"]
+        return document["kind"], metadata.get("namespace", ""), metadata["name"]
+
+    built = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+
+    assert sorted(render(directory), key=identity) == sorted(built, key=identity)
 
 
 # --- Redis ---
