@@ -177,6 +177,8 @@ class DeviceGbm:
     ) -> None:
         try:
             self.device = torch.device(device)
+            # `cpu` names the CPU path (core.model.trees); tensors on the CPU are another path.
+            self.name = f"torch-{device}" if self.device.type == "cpu" else str(self.device)
             self._features = DeviceFeatures(features, self.device)
             ensembles = regressor.ensembles()
             self._untimed = pack_forest(ensembles["untimed"], self.device)

@@ -165,13 +165,14 @@ class TripModel:
     @property
     def device(self) -> str:
         """Name the device that answers this model's large calls: `cpu`, or e.g. `cuda:0`."""
-        return "cpu" if self._device is None else str(self._device.device)
+        return "cpu" if self._device is None else self._device.name
 
     def device_of(self, trips: int) -> str:
         """Name the device that answers a call of `trips` trips."""
-        if self._device is None or trips < self._device_min_trips:
-            return "cpu"
-        return self.device
+        return self.device if self._on_device(trips) else "cpu"
+
+    def _on_device(self, trips: int) -> bool:
+        return self._device is not None and trips >= self._device_min_trips
 
     def use_device(self, device: str, min_trips: int) -> None:
         """Answer calls of `min_trips` trips or more on a PyTorch device (core.model.accelerator),
@@ -223,7 +224,7 @@ class TripModel:
         if self._scorer is not None:
             return self._scorer.predict(pu, do, distance)
         assert self._evaluator is not None
-        if self._device is not None and self.device_of(len(pu)) != "cpu":
+        if self._device is not None and self._on_device(len(pu)):
             seconds = None if pickup is None else _floats(pickup)
             answers: list[float] = self._device.predict(
                 _floats(pu), _floats(do), _floats(distance), seconds

@@ -32,6 +32,8 @@ DEVICE = os.environ.get("TRIPQ_TEST_DEVICE", "cpu")
 VALIDATION = SHARED_DATA / "green_tripdata_2021-02.parquet"
 TOLERANCE = 1e-4  # minutes (issue #18)
 GPU = torch.cuda.is_available()
+# How a model names its device: `cpu` is the CPU path, tensors on the CPU are `torch-cpu`.
+NAME = f"torch-{DEVICE}" if DEVICE == "cpu" else str(torch.device(DEVICE))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_the_device_gives_the_cpu_paths_answers_on_the_validation_month(
         got = device_model.predict_columns(pu, do, miles, times)
 
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
-    assert device_model.device == str(torch.device(DEVICE))
+    assert device_model.device == NAME
 
 
 def test_the_device_answers_odd_trips_as_the_cpu_does(
@@ -95,7 +97,7 @@ def test_calls_below_the_threshold_stay_on_the_cpu(cpu_model: TripModel) -> None
     model.use_device(DEVICE, min_trips=64)
 
     assert model.device_of(63) == "cpu"
-    assert model.device_of(64) == model.device_of(10_000) == str(torch.device(DEVICE))
+    assert model.device_of(64) == model.device_of(10_000) == NAME
     trips = ([130] * 63, [250] * 63, [3.0] * 63, None)
     assert model.predict_columns(*trips) == cpu_model.predict_columns(*trips)  # the same path
 
