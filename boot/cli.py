@@ -200,9 +200,7 @@ def workers(
         # A worker whose model failed to load stays up to say so, but serves nothing.
         serving = [w for w in live if w.name.endswith(f"@{require_host}") and w.model_version]
         raise typer.Exit(0 if serving else 1)
-    table = Table(
-        "worker", "model version", "evaluator", "device", "concurrency", "last seen (s)"
-    )
+    table = Table("worker", "model version", "evaluator", "device", "concurrency", "last seen (s)")
     for w in live:
         evaluator = w.evaluators.get(w.model_version or "", "")
         table.add_row(
