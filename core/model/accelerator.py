@@ -16,9 +16,9 @@ CPU path's within 1e-6 minutes (`probe_columns`, TripModel.use_device).
 
 Why a walk of our own on PyTorch rather than a library that compiles trees (docs/model.md):
 hummingbird-ml 0.4.12 keeps thresholds in float32, moves splits at 0 and ignores scikit-learn's
-missing-value directions (its issue #531): 1,380 of the 61,921 trips of 2021-02 came out different,
-by up to 24 minutes. onnxruntime's CUDA provider has no kernel for ai.onnx.ml's TreeEnsemble, so the
-trees of the ONNX export (core.model.onnx_export) would still run on the CPU.
+missing-value directions (its issue #531), and its answers on 2021-02 differed by minutes; the
+CUDA provider of onnxruntime has no kernel for ai.onnx.ml's TreeEnsemble, so the trees of the ONNX
+export (core.model.onnx_export) would still run on the CPU.
 """
 
 from dataclasses import dataclass
