@@ -25,3 +25,14 @@ def test_a_process_given_such_settings_refuses_to_start(tmp_path: Path) -> None:
 
     assert worker.finish(60) != 0
     assert "REQUEST_TIMEOUT_S (10) must not exceed REQUEST_TIMEOUT_MAX_S (5)" in worker.log_tail()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3"])
+def test_inference_devices_tripq_knows_are_taken(device: str) -> None:
+    assert Settings(inference_device=device).inference_device == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:", "cuda:x", "mps", "cpu "])
+def test_other_inference_devices_are_refused(device: str) -> None:
+    with pytest.raises(ValidationError, match="inference_device"):
+        Settings(inference_device=device)
