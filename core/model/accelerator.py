@@ -30,7 +30,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from core.errors import ModelError
 from core.model.features import MAX_MILES, MIN_PACE_MILES, ZONES, TripFeatures, _Means
-from core.model.trees import BASE_COLUMNS, PickupAwareRegressor
+from core.model.trees import BASE_COLUMNS, PickupAwareRegressor, split_thresholds, tree_nodes
 from core.trip.contract import ZONE_MIN
 
 Floats = NDArray[np.float64]
@@ -65,8 +65,7 @@ def pack_forest(ensemble: HistGradientBoostingRegressor, device: torch.device) -
     """Lay out a fitted ensemble's trees as a Forest on `device`."""
     if ensemble.loss not in _IDENTITY_LOSSES:
         raise ModelError(f"the GPU path sums raw tree outputs; loss {ensemble.loss!r} maps them")
-    # scikit-learn keeps each tree's nodes as a structured array (core.model.trees reads it too).
-    trees = [tree.nodes for iteration in ensemble._predictors for tree in iteration]
+    trees = tree_nodes(ensemble)
     nodes = np.concatenate(trees)
     if nodes["is_categorical"].any():
         raise ModelError("the GPU path has no categorical splits")
@@ -213,12 +212,8 @@ def probe_columns(features: TripFeatures, regressor: PickupAwareRegressor) -> tu
     n = _PROBE_TRIPS
     zones = np.concatenate([np.arange(ZONES + 2), [-1.0, 2.5, np.nan, np.inf]])
     pu, do = rng.choice(zones, n), rng.choice(zones, n)
-    splits = []
-    for ensemble in regressor.ensembles().values():
-        for tree in (t for iteration in ensemble._predictors for t in iteration):
-            inner = tree.nodes[tree.nodes["is_leaf"] == 0]
-            splits.append(inner["num_threshold"][inner["feature_idx"] == 0])
-    distances = np.concatenate([*splits, [0.0, MAX_MILES, 150.0, -1.0, np.nan, np.inf]])
+    splits = split_thresholds(regressor)[0]  # column 0: trip_distance
+    distances = np.concatenate([splits, [0.0, MAX_MILES, 150.0, -1.0, np.nan, np.inf]])
     miles = rng.choice(distances, n) + rng.choice([-1e-3, 0.0, 1e-3], n)
     first, last = 1_230_768_000.0, 4_133_894_400.0  # 2009-01-01 .. 2100-12-31, as the API
     seconds = rng.uniform(first, last, n)

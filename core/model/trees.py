@@ -315,23 +315,33 @@ def probe_rows(regressor: PickupAwareRegressor) -> Floats:
     """A fixed set of feature rows that lands on both sides of the trees' own split thresholds,
     in both ensembles, some without a pickup time and some with a missing distance."""
     rng = np.random.default_rng(0)
-    thresholds: list[list[Floats]] = [[] for _ in range(TIMED_COLUMNS)]
-    for ensemble in regressor.ensembles().values():
-        # scikit-learn keeps each tree's nodes as a structured array (what treelite reads too).
-        for predictor in (p for iteration in ensemble._predictors for p in iteration):
-            splits = predictor.nodes[predictor.nodes["is_leaf"] == 0]
-            for column in np.unique(splits["feature_idx"]):
-                chosen = splits["feature_idx"] == column
-                thresholds[int(column)].append(splits["num_threshold"][chosen])
     rows = np.empty((_PROBE_ROWS, TIMED_COLUMNS))
-    for column, found in enumerate(thresholds):
-        values = np.concatenate(found) if found else np.zeros(1)
+    for column, found in enumerate(split_thresholds(regressor)):
+        values = found if len(found) else np.zeros(1)
         picked = rng.choice(values, _PROBE_ROWS)
         nudge = rng.choice([-1e-3, 1e-3], _PROBE_ROWS) * np.maximum(1.0, np.abs(picked))
         rows[:, column] = picked + nudge
     rows[::4, BASE_COLUMNS:] = np.nan
     rows[1::7, 0] = np.nan
     return rows
+
+
+def tree_nodes(ensemble: HistGradientBoostingRegressor) -> list[NDArray[Any]]:
+    """Each tree's nodes, in order: scikit-learn keeps them as a structured array (treelite and
+    core.model.accelerator read it too)."""
+    return [tree.nodes for iteration in ensemble._predictors for tree in iteration]
+
+
+def split_thresholds(regressor: PickupAwareRegressor) -> list[Floats]:
+    """Every split threshold of both ensembles, by the column it splits (TIMED_COLUMNS lists)."""
+    found: list[list[Floats]] = [[] for _ in range(TIMED_COLUMNS)]
+    for ensemble in regressor.ensembles().values():
+        for nodes in tree_nodes(ensemble):
+            splits = nodes[nodes["is_leaf"] == 0]
+            for column in np.unique(splits["feature_idx"]):
+                chosen = splits["feature_idx"] == column
+                found[int(column)].append(splits["num_threshold"][chosen])
+    return [np.concatenate(arrays) if arrays else np.zeros(0) for arrays in found]
 
 
 def verify(evaluator: Evaluator, reference: Evaluator, rows: Floats) -> None:
